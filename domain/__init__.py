@@ -1,0 +1,49 @@
+"""Pydantic models only: operations, events, aggregates, ids and the type registry.
+
+This layer never imports redis or any other layer; everything else stands on it.
+"""
+
+from domain.aggregate import Aggregate
+from domain.errors import (
+    ConcurrencyConflict,
+    ConfigurationError,
+    DecodeError,
+    DuplicateRecord,
+    HandlerError,
+    HandlingError,
+    InvalidTransition,
+    RegistryError,
+    RoleError,
+    ServerUnavailable,
+    StreamCQRSError,
+    StreamError,
+    UnknownMessageType,
+)
+from domain.ids import new_message_id
+from domain.messages import Event, Message, Operation
+from domain.registry import MessageType, TypeRegistry, message, registry
+
+__all__ = [
+    "Aggregate",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "DecodeError",
+    "DuplicateRecord",
+    "Event",
+    "HandlerError",
+    "HandlingError",
+    "InvalidTransition",
+    "Message",
+    "MessageType",
+    "Operation",
+    "RegistryError",
+    "RoleError",
+    "ServerUnavailable",
+    "StreamCQRSError",
+    "StreamError",
+    "TypeRegistry",
+    "UnknownMessageType",
+    "message",
+    "new_message_id",
+    "registry",
+]

@@ -1,0 +1,40 @@
+"""Redis-backed streams: the key scheme, envelopes, the six stream kinds handed out by role,
+versioned aggregates, the handling store, Lua scripts and the server to run them on."""
+
+from streams.aggregates import AggregateStore, AppendResult
+from streams.commit import Batch, Gone, OnExisting
+from streams.connection import Settings
+from streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
+from streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
+from streams.server import LocalServer, find_server_binary, resolve_url, shared_server
+from streams.stream import PutResult, ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream
+from streams.subsystem import Subsystem
+
+__all__ = [
+    "AggregateStore",
+    "AppendResult",
+    "Batch",
+    "Envelope",
+    "Gone",
+    "Kind",
+    "LocalServer",
+    "OnExisting",
+    "PartitionKeys",
+    "PutResult",
+    "ReadOnlyStream",
+    "Record",
+    "Settings",
+    "Subsystem",
+    "SubsystemKeys",
+    "SyncWriteOnlyStream",
+    "WriteOnlyStream",
+    "decode",
+    "encode",
+    "find_server_binary",
+    "now_ms",
+    "parse",
+    "partition_of",
+    "resolve_url",
+    "shared_server",
+    "to_record",
+]

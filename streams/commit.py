@@ -1,0 +1,185 @@
+"""A batch of writes applied atomically by one call of ``commit.lua``.
+
+Producers use a one-op batch for a put; aggregates use it for a versioned append; the bot
+packs everything a handler emitted plus the ack of its input into one batch. Either all of a
+batch is written or, when a check fails (version conflict, duplicate, status), none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from domain.errors import ConcurrencyConflict, DuplicateRecord, InvalidTransition, StreamError
+from streams.envelope import Envelope
+from streams.keys import Kind, PartitionKeys
+from streams.scripts import script
+
+
+class Gone(StreamError):
+    """A batch tried to take a delayed entry that another writer already took."""
+
+
+class OnExisting(StrEnum):
+    """What a put does when the stream already holds a record with the same object id."""
+
+    WRITE = "write"  # write anyway; the new record becomes the latest for that id
+    SKIP = "skip"  # do not write; the put returns the existing entry id
+    RAISE = "raise"  # do not write; raise DuplicateRecord
+    PRUNE = "prune"  # write, then delete all but the newest ``keep`` records of that id
+
+
+class Batch:
+    """Writes to apply together: build with the methods below, then ``run`` once."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, int] = {}
+        self._args: list[Any] = []
+        self._status_context: dict[str, tuple[str, str]] = {}
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def _key(self, key: str) -> int:
+        index = self._keys.get(key)
+        if index is None:
+            index = self._keys[key] = len(self._keys) + 1
+        return index
+
+    def put(
+        self,
+        keys: PartitionKeys,
+        kind: Kind,
+        envelope: Envelope,
+        *,
+        on_existing: OnExisting = OnExisting.WRITE,
+        keep: int = 1,
+        maxlen: int = 0,
+    ) -> int:
+        """Add a record to stream ``kind``, indexed by object id and tags; return its op index."""
+        obj = envelope.object_id
+        byid = self._key(keys.by_object(kind, obj)) if on_existing is OnExisting.PRUNE and obj else 0
+        fields = envelope.fields()
+        self._args += [
+            "PUT", self._key(keys.stream(kind)), self._key(keys.index(kind)), byid,
+            len(envelope.tags),
+            *(self._key(keys.tag_index(kind, n, v)) for n, v in envelope.tags),
+            on_existing.value, keep, obj, maxlen, len(fields), *fields,
+        ]  # fmt: skip
+        self.size += 1
+        return self.size - 1
+
+    def append(
+        self,
+        keys: PartitionKeys,
+        aggregate_id: str,
+        envelopes: Sequence[Envelope],
+        expected_version: int | None,
+    ) -> int:
+        """Append events to an aggregate (and the subsystem's event stream) at a version."""
+        self._args += [
+            "APPEND", self._key(keys.aggregate(aggregate_id)), self._key(keys.versions),
+            self._key(keys.aggregate_message_ids(aggregate_id)),
+            self._key(keys.stream(Kind.EVENTS)), self._key(keys.index(Kind.EVENTS)),
+            aggregate_id, -1 if expected_version is None else expected_version, len(envelopes),
+        ]  # fmt: skip
+        for envelope in envelopes:
+            fields = envelope.fields()
+            self._args += [
+                envelope.message_id,
+                len(envelope.tags),
+                *(self._key(keys.tag_index(Kind.EVENTS, n, v)) for n, v in envelope.tags),
+                len(fields),
+                *fields,
+            ]
+        self.size += 1
+        return self.size - 1
+
+    def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> None:
+        """Acknowledge entries of ``stream`` for consumer group ``group``."""
+        self._args += ["ACK", self._key(stream), group, len(entry_ids), *entry_ids]
+        self.size += 1
+
+    def delay(self, zset: str, due_ms: int, member: bytes) -> None:
+        """Schedule ``member`` (an encoded envelope) into a delayed set at ``due_ms``."""
+        self._args += ["DELAY", self._key(zset), due_ms, member]
+        self.size += 1
+
+    def status(
+        self,
+        status_hash: str,
+        history: str,
+        record: str,
+        status: str,
+        entry: bytes,
+        *,
+        allowed_from: Sequence[str] = (),
+        concern: str = "",
+        action: str = "set status",
+    ) -> None:
+        """Set a record's handling status (if its current one is allowed) and log history."""
+        self._args += [
+            "STATUS", self._key(status_hash), self._key(history), record, status,
+            len(allowed_from), *allowed_from, entry,
+        ]  # fmt: skip
+        self._status_context[record] = (concern, action)
+        self.size += 1
+
+    def delete(self, key: str) -> None:
+        """Delete a key."""
+        self._args += ["DEL", self._key(key)]
+        self.size += 1
+
+    def zrem(self, zset: str, member: bytes | str) -> None:
+        """Remove a member from a sorted set."""
+        self._args += ["ZREM", self._key(zset), member]
+        self.size += 1
+
+    def take(self, zset: str, member: bytes) -> None:
+        """Remove a member that must still be there; if another writer took it, fail with Gone."""
+        self._args += ["TAKE", self._key(zset), member]
+        self.size += 1
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key the batch touches, in KEYS order."""
+        return list(self._keys)
+
+    async def run(self, client: redis.asyncio.Redis) -> list[Any]:
+        """Apply the batch on an async client; one reply per op."""
+        try:
+            return list(await script("commit").run(client, self.keys, self._args))
+        except ResponseError as exc:
+            raise self._error(exc) from None
+
+    def run_sync(self, client: redis.Redis) -> list[Any]:
+        """Apply the batch on a sync client; one reply per op."""
+        try:
+            return list(script("commit").run_sync(client, self.keys, self._args))
+        except ResponseError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: ResponseError) -> Exception:
+        words = str(exc).split()
+        # Servers may prefix script errors with their own text; find our code word.
+        for at, word in enumerate(words):
+            rest = words[at + 1 :]
+            if word == "CONFLICT" and len(rest) >= 3:
+                return ConcurrencyConflict(rest[0], int(rest[1]), int(rest[2]))
+            if word == "DUPLICATE" and len(rest) >= 2:
+                return DuplicateRecord(
+                    f"a record with object id {rest[0]!r} already exists (entry {rest[1]}); "
+                    "put with on_existing=OnExisting.SKIP to make retries idempotent"
+                )
+            if word == "GONE":
+                return Gone("the delayed entry was already moved by another bot")
+            if word == "STATUS" and len(rest) >= 2:
+                concern, action = self._status_context.get(rest[0], ("", "set status"))
+                return InvalidTransition(rest[0], concern, rest[1], action)
+        return StreamError(f"commit failed: {exc}")

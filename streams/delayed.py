@@ -1,0 +1,49 @@
+"""How a put with ``execute_earliest`` is parked until it is due.
+
+The envelope and its put options are packed into one msgpack member of the partition's
+delayed sorted set, scored by the due time in ms. A mover (the bot runtime) takes due members
+and puts them into the stream; ``Batch.take`` makes sure only one mover ever moves a member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from streams.commit import OnExisting
+from streams.envelope import Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Delayed:
+    """A parked put: what to write, into which stream kind, with which strategy."""
+
+    kind: str
+    envelope: Envelope
+    on_existing: OnExisting = OnExisting.WRITE
+    keep: int = 1
+
+    def pack(self) -> bytes:
+        """Encode as a delayed-set member."""
+        e = self.envelope
+        return msgpack.packb(
+            [
+                self.kind, e.type, e.payload, e.schema, e.object_id, e.message_id,
+                e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
+                e.fmt, self.on_existing.value, self.keep,
+            ]  # fmt: skip
+        )
+
+    @classmethod
+    def unpack(cls, member: bytes) -> Delayed:
+        """Decode a delayed-set member."""
+        (kind, type_, payload, schema, obj, mid, corr, cause, at, tags, fmt, on_existing, keep) = (
+            msgpack.unpackb(member)
+        )
+        envelope = Envelope(
+            type=type_, payload=payload, schema=schema, object_id=obj, message_id=mid,
+            correlation_id=corr, causation_id=cause, created_at=at,
+            tags=tuple((n, v) for n, v in tags), fmt=fmt,
+        )  # fmt: skip
+        return cls(kind, envelope, OnExisting(on_existing), keep)

@@ -1,0 +1,234 @@
+"""The envelope every stream entry carries, and the codecs between models and entry fields.
+
+An entry's fields (names kept short but readable in ``redis-cli XRANGE``):
+
+=======  ===============================================================
+``id``     message id (32 hex chars), unique per message, the dedupe key
+``type``   registered type name (``domain.registry``), never the class name
+``schema`` schema version of the payload
+``obj``    object id the record is about (aggregate id, tracking id), may be empty
+``corr``   correlation id: the id of the first message of the conversation
+``cause``  causation id: the id of the message that led to this one, may be empty
+``at``     created-at, milliseconds since the epoch, set by the writer
+``tags``   msgpack list of [name, value] pairs (repeats allowed), may be empty
+``fmt``    ``m`` payload is msgpack of the model; ``j`` payload is JSON bytes (views)
+``data``   the payload
+``seq``    (aggregate events only) the aggregate's version after this event
+=======  ===============================================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import orjson
+from pydantic import ValidationError
+
+from domain.errors import DecodeError, RegistryError, UnknownMessageType
+from domain.ids import new_message_id
+from domain.messages import Message
+from domain.registry import TypeRegistry, registry
+
+Tags = tuple[tuple[str, str], ...]
+MSGPACK = b"m"
+JSON = b"j"
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, the unit of stream ids and of ``at``."""
+    return time.time_ns() // 1_000_000
+
+
+def as_tags(tags: Iterable[tuple[str, str]] | Mapping[str, str] | None) -> Tags:
+    """Normalize tags given as pairs or a mapping into a tuple of (name, value) pairs."""
+    if not tags:
+        return ()
+    pairs = tags.items() if isinstance(tags, Mapping) else tags
+    return tuple((str(name), str(value)) for name, value in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Everything about a message except its decoded payload."""
+
+    type: str
+    payload: bytes
+    schema: int = 1
+    object_id: str = ""
+    message_id: str = field(default_factory=new_message_id)
+    correlation_id: str = ""
+    causation_id: str = ""
+    created_at: int = field(default_factory=now_ms)
+    tags: Tags = ()
+    fmt: bytes = MSGPACK
+    seq: int | None = None
+
+    def fields(self) -> list[bytes | str | int]:
+        """The flat field/value list written with XADD."""
+        return [
+            "id", self.message_id,
+            "type", self.type,
+            "schema", self.schema,
+            "obj", self.object_id,
+            "corr", self.correlation_id or self.message_id,
+            "cause", self.causation_id,
+            "at", self.created_at,
+            "tags", msgpack.packb([list(t) for t in self.tags]) if self.tags else b"",
+            "fmt", self.fmt,
+            "data", self.payload,
+        ]  # fmt: skip
+
+
+def encode(
+    message: Message,
+    *,
+    object_id: str = "",
+    tags: Tags = (),
+    correlation_id: str = "",
+    causation_id: str = "",
+    message_id: str | None = None,
+    types: TypeRegistry = registry,
+) -> Envelope:
+    """Wrap a registered message model in an envelope with a msgpack payload."""
+    kind = types.of_class(type(message))
+    return Envelope(
+        type=kind.name,
+        schema=kind.version,
+        payload=msgpack.packb(message.model_dump(mode="json")),
+        object_id=object_id,
+        message_id=message_id or new_message_id(),
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        tags=tags,
+    )
+
+
+def encode_view(
+    view: Message | Mapping[str, Any] | bytes,
+    *,
+    type_name: str,
+    object_id: str,
+    tags: Tags = (),
+    correlation_id: str = "",
+    causation_id: str = "",
+) -> Envelope:
+    """Wrap a view (model, mapping, or ready JSON bytes) as JSON bytes an API returns raw."""
+    if isinstance(view, bytes):
+        payload = view
+    elif isinstance(view, Message):
+        payload = view.__pydantic_serializer__.to_json(view)
+    else:
+        payload = orjson.dumps(view)
+    return Envelope(
+        type=type_name,
+        payload=payload,
+        object_id=object_id,
+        tags=tags,
+        fmt=JSON,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+    )
+
+
+_REQUIRED = (b"id", b"type", b"schema", b"fmt", b"data")
+
+
+def parse(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> Envelope:
+    """Read the envelope out of an entry's raw fields; raise DecodeError if it is not one."""
+    missing = [name.decode() for name in _REQUIRED if name not in raw]
+    if missing:
+        raise DecodeError(stream, entry_id, f"missing envelope fields {missing}")
+    try:
+        tags_raw = raw.get(b"tags", b"")
+        tags: Tags = (
+            tuple((str(n), str(v)) for n, v in msgpack.unpackb(tags_raw)) if tags_raw else ()
+        )
+        seq = raw.get(b"seq")
+        return Envelope(
+            type=raw[b"type"].decode(),
+            payload=raw[b"data"],
+            schema=int(raw[b"schema"]),
+            object_id=raw.get(b"obj", b"").decode(),
+            message_id=raw[b"id"].decode(),
+            correlation_id=raw.get(b"corr", b"").decode(),
+            causation_id=raw.get(b"cause", b"").decode(),
+            created_at=int(raw.get(b"at", b"0")),
+            tags=tags,
+            fmt=raw[b"fmt"],
+            seq=int(seq) if seq is not None else None,
+        )
+    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+        raise DecodeError(stream, entry_id, f"malformed envelope: {exc}") from exc
+
+
+def decode(
+    stream: str, entry_id: str, envelope: Envelope, types: TypeRegistry = registry
+) -> Message:
+    """Turn an envelope's payload back into its model, upcasting old schema versions."""
+    try:
+        kind = types.of_name(envelope.type)
+    except UnknownMessageType as exc:
+        raise DecodeError(stream, entry_id, str(exc)) from exc
+    try:
+        data = (
+            msgpack.unpackb(envelope.payload)
+            if envelope.fmt == MSGPACK
+            else orjson.loads(envelope.payload)
+        )
+    except (ValueError, msgpack.UnpackException, orjson.JSONDecodeError) as exc:
+        raise DecodeError(stream, entry_id, f"payload is not valid {envelope.fmt!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DecodeError(stream, entry_id, f"payload is a {type(data).__name__}, not a map")
+    try:
+        data = types.upcast(envelope.type, envelope.schema, data)
+        return kind.cls.model_validate(data)
+    except RegistryError as exc:
+        raise DecodeError(stream, entry_id, str(exc)) from exc
+    except ValidationError as exc:
+        raise DecodeError(
+            stream, entry_id, f"payload does not fit {kind.name!r}: {exc.errors()!r}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored entry: where it is, its envelope, and (unless a view) its message."""
+
+    stream: str
+    entry_id: str
+    envelope: Envelope
+    message: Message | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The id of the object this record is about."""
+        return self.envelope.object_id
+
+    @property
+    def created_at(self) -> int:
+        """When the writer made it, in epoch milliseconds."""
+        return self.envelope.created_at
+
+    @property
+    def raw(self) -> bytes:
+        """The stored payload bytes, as they are (a view's JSON, served without re-encoding)."""
+        return self.envelope.payload
+
+
+def to_record(
+    stream: str, entry_id: bytes | str, raw: Mapping[bytes, bytes], types: TypeRegistry = registry
+) -> Record:
+    """Parse and decode one XRANGE/XREAD entry into a Record (views stay undecoded)."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    envelope = parse(stream, eid, raw)
+    message = None if envelope.fmt == JSON else decode(stream, eid, envelope, types)
+    return Record(stream, eid, envelope, message)
+
+
+def pairs(flat: Sequence[Any]) -> dict[bytes, bytes]:
+    """Turn a flat [field, value, ...] reply (as Lua returns) into a dict."""
+    return {flat[k]: flat[k + 1] for k in range(0, len(flat) - 1, 2)}

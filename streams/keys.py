@@ -1,0 +1,134 @@
+"""The key scheme: every key of one partition of one subsystem shares one hash tag.
+
+A logical stream (say ``notification`` events) has P partitions. A record goes to partition
+``crc32(key) % P``, where the key is its object id (the aggregate id), so one object's records
+stay in order in one partition. Every key of partition p of subsystem s is prefixed with the
+hash tag ``{s.p}``: an atomic script over one partition touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+from domain.errors import ConfigurationError
+
+
+class Kind(StrEnum):
+    """The six stream kinds of a subsystem, and the dead-letter stream beside them."""
+
+    CLIENT_OPERATIONS = "client-ops"
+    INTERNAL_OPERATIONS = "internal-ops"
+    SAGAS = "sagas"
+    EVENTS = "events"
+    VIEWS = "views"
+    SNAPSHOTS = "snapshots"
+    DEAD_LETTERS = "dead"
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition a record with this key belongs to: stable across processes and hosts."""
+    if partitions == 1:
+        return 0
+    return zlib.crc32(key.encode()) % partitions
+
+
+def _check_name(what: str, name: str) -> str:
+    if not name or any(c in name for c in "{}: \n"):
+        raise ConfigurationError(
+            f"{what} {name!r} must be non-empty and contain no braces, colons or spaces"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """Every key of one partition of one subsystem."""
+
+    subsystem: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        """The Redis Cluster hash tag shared by all keys of this partition."""
+        return f"{{{self.subsystem}.{self.partition}}}"
+
+    def stream(self, kind: Kind) -> str:
+        """The stream key of one kind."""
+        return f"{self.tag}:{kind}"
+
+    def index(self, kind: Kind) -> str:
+        """Hash: object id -> entry id of that object's latest record."""
+        return f"{self.tag}:{kind}:latest"
+
+    def by_object(self, kind: Kind, object_id: str) -> str:
+        """Sorted set of one object's entry ids, kept when puts prune to the newest N."""
+        return f"{self.tag}:{kind}:obj:{object_id}"
+
+    def tag_index(self, kind: Kind, name: str, value: str) -> str:
+        """Sorted set of entry ids carrying tag name=value, scored by entry time (ms)."""
+        return f"{self.tag}:{kind}:tag:{name}={value}"
+
+    def sequence(self, kind: Kind) -> str:
+        """Counter behind ``next_id`` (only partition 0's is used)."""
+        return f"{self.tag}:{kind}:seq"
+
+    def aggregate(self, aggregate_id: str) -> str:
+        """One aggregate's own event stream."""
+        return f"{self.tag}:agg:{aggregate_id}"
+
+    def aggregate_message_ids(self, aggregate_id: str) -> str:
+        """Hash: message id -> entry id of one aggregate's events, for append de-duplication."""
+        return f"{self.tag}:agg:{aggregate_id}:ids"
+
+    @property
+    def versions(self) -> str:
+        """Hash: aggregate id -> current version."""
+        return f"{self.tag}:versions"
+
+    def delayed(self, kind: Kind) -> str:
+        """Sorted set of envelopes due later, scored by due time (ms)."""
+        return f"{self.tag}:{kind}:delayed"
+
+    def handling_status(self, kind: Kind, concern: str) -> str:
+        """Hash: record id -> current handling status for one concern."""
+        return f"{self.tag}:{kind}:handling:{concern}:status"
+
+    def handling_history(self, kind: Kind, concern: str, record: str) -> str:
+        """List: one record's append-only handling history for one concern."""
+        return f"{self.tag}:{kind}:handling:{concern}:history:{record}"
+
+    def handling_flags(self, kind: Kind) -> str:
+        """Hash of stream-wide switches (disabled concerns) and per-record disables."""
+        return f"{self.tag}:{kind}:handling:flags"
+
+    @property
+    def outbox(self) -> str:
+        """Stream of outputs bound for another slot, for the cluster relay to forward."""
+        return f"{self.tag}:outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class SubsystemKeys:
+    """The key scheme of one subsystem over its partitions."""
+
+    subsystem: str
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        _check_name("subsystem name", self.subsystem)
+        if self.partitions < 1:
+            raise ConfigurationError(f"partitions must be >= 1, got {self.partitions}")
+
+    def partition(self, number: int) -> PartitionKeys:
+        """The keys of partition ``number``."""
+        return PartitionKeys(self.subsystem, number)
+
+    def for_object(self, object_id: str) -> PartitionKeys:
+        """The keys of the partition that holds ``object_id``'s records."""
+        return PartitionKeys(self.subsystem, partition_of(object_id, self.partitions))
+
+    def all(self) -> list[PartitionKeys]:
+        """The keys of every partition, in order."""
+        return [PartitionKeys(self.subsystem, p) for p in range(self.partitions)]

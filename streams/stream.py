@@ -1,0 +1,350 @@
+"""The streams of a subsystem, handed out in the role a caller asked for.
+
+Naos separates who may write a stream from who may read it. ``WriteOnlyStream`` can put and
+hand out ids and nothing else; ``ReadOnlyStream`` can read, look up the latest record of an
+id, read by time range or by tag, and subscribe, and nothing else. Asking either for the other
+role's work raises ``RoleError`` naming what to ask for instead. (The server enforces the same
+split with ACL users when credentials are configured.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import redis
+import redis.asyncio
+
+from domain.errors import RoleError
+from domain.messages import Message
+from domain.registry import TypeRegistry, registry
+from streams.commit import Batch, OnExisting
+from streams.delayed import Delayed
+from streams.envelope import Envelope, Record, Tags, as_tags, encode, encode_view, pairs, to_record
+from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streams.scripts import script
+
+_WRITE_ONLY = frozenset({"put", "put_view", "next_id"})
+_READ_ONLY = frozenset({"read", "latest", "latest_raw", "by_tag", "subscribe", "length"})
+MAX_ID = 18446744073709551615
+
+
+def to_ms(moment: datetime | int | None, default: int) -> int:
+    """A datetime or epoch-ms int as epoch ms; ``default`` when None."""
+    if moment is None:
+        return default
+    if isinstance(moment, datetime):
+        return int(moment.timestamp() * 1000)
+    return int(moment)
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What a put did: the entry id (or the existing one), and whether it wrote."""
+
+    entry_id: str
+    written: bool
+    object_id: str
+
+
+class _Stream:
+    """A logical stream (one kind of one subsystem) over its partitions."""
+
+    role = "stream"
+
+    def __init__(
+        self,
+        keys: SubsystemKeys,
+        kind: Kind,
+        client: redis.asyncio.Redis,
+        types: TypeRegistry = registry,
+    ) -> None:
+        self.keys = keys
+        self.kind = kind
+        self.client = client
+        self.types = types
+
+    @property
+    def name(self) -> str:
+        """``subsystem/kind``, as it appears in logs and errors."""
+        return f"{self.keys.subsystem}/{self.kind}"
+
+    def _refuse(self, action: str, instead: str) -> NoReturn:
+        raise RoleError(
+            f"{self.name} was handed out {self.role}: it cannot {action}; "
+            f"ask the subsystem for {instead}"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRITE_ONLY and self.role != "write-only":
+            self._refuse(name, f"writer({self.kind.name.lower()!r}) to write")
+        if name in _READ_ONLY and self.role != "read-only":
+            self._refuse(name, f"reader({self.kind.name.lower()!r}) to read")
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} partitions={self.keys.partitions}>"
+
+
+def build_put(
+    keys: SubsystemKeys,
+    kind: Kind,
+    envelope: Envelope,
+    on_existing: OnExisting,
+    keep: int,
+    execute_earliest: int | None = None,
+) -> tuple[Batch, PartitionKeys]:
+    """The one-op batch of a put (or of parking it in the delayed set until it is due)."""
+    part = keys.for_object(envelope.object_id or envelope.message_id)
+    batch = Batch()
+    if execute_earliest is not None:
+        member = Delayed(kind.value, envelope, on_existing, keep).pack()
+        batch.delay(part.delayed(kind), execute_earliest, member)
+    else:
+        batch.put(part, kind, envelope, on_existing=on_existing, keep=keep)
+    return batch, part
+
+
+class WriteOnlyStream(_Stream):
+    """Put records into a stream and hand out ids for them; nothing else."""
+
+    role = "write-only"
+
+    def envelope(
+        self,
+        message: Message,
+        *,
+        object_id: str | int | None = None,
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        correlation_id: str = "",
+        causation_id: str = "",
+        message_id: str | None = None,
+    ) -> Envelope:
+        """Wrap ``message`` for this stream (used by put; handy for batching)."""
+        return encode(
+            message,
+            object_id="" if object_id is None else str(object_id),
+            tags=as_tags(tags),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
+            types=self.types,
+        )
+
+    async def put(
+        self,
+        message: Message,
+        *,
+        object_id: str | int | None = None,
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        on_existing: OnExisting = OnExisting.WRITE,
+        keep: int = 1,
+        correlation_id: str = "",
+        causation_id: str = "",
+        message_id: str | None = None,
+        execute_earliest: datetime | int | None = None,
+    ) -> PutResult:
+        """Put a message; with ``execute_earliest`` it enters the stream only when due."""
+        envelope = self.envelope(
+            message,
+            object_id=object_id,
+            tags=tags,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
+        )
+        due = None if execute_earliest is None else to_ms(execute_earliest, 0)
+        batch, _ = build_put(self.keys, self.kind, envelope, on_existing, keep, due)
+        return _result(envelope, (await batch.run(self.client))[0])
+
+    async def put_view(
+        self,
+        object_id: str | int,
+        view: Message | Mapping[str, Any] | bytes,
+        *,
+        type_name: str = "view",
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        keep: int = 1,
+    ) -> PutResult:
+        """Store a view as JSON bytes, keeping the newest ``keep`` per id (0 keeps all)."""
+        envelope = encode_view(
+            view, type_name=type_name, object_id=str(object_id), tags=as_tags(tags)
+        )
+        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
+        batch, _ = build_put(self.keys, self.kind, envelope, strategy, keep)
+        return _result(envelope, (await batch.run(self.client))[0])
+
+    async def next_id(self) -> int:
+        """A unique, increasing 64-bit id for a record of this stream (a tracking id)."""
+        return int(await self.client.incr(self.keys.partition(0).sequence(self.kind)))
+
+
+def _result(envelope: Envelope, reply: Any) -> PutResult:
+    if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int):
+        entry_id, written = reply
+        return PutResult(_s(entry_id), bool(written), envelope.object_id)
+    return PutResult("", True, envelope.object_id)  # parked in the delayed set
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ReadOnlyStream(_Stream):
+    """Read a stream: by time range, latest by id, by tag, or live; nothing else."""
+
+    role = "read-only"
+
+    def _to_record(self, key: str, entry_id: bytes, raw: Mapping[bytes, bytes]) -> Record:
+        return to_record(key, entry_id, raw, self.types)
+
+    async def read(
+        self,
+        since: datetime | int | None = None,
+        until: datetime | int | None = None,
+        *,
+        count: int | None = None,
+    ) -> list[Record]:
+        """Records written in [since, until] (datetimes or epoch ms), oldest first."""
+        low, high = f"{to_ms(since, 0)}-0", f"{to_ms(until, MAX_ID >> 1)}-{MAX_ID}"
+        per_partition = []
+        for part in self.keys.all():
+            key = part.stream(self.kind)
+            entries = await self.client.xrange(key, low, high, count=count)
+            per_partition.append([(eid, key, raw) for eid, raw in entries])
+        merged = heapq.merge(*per_partition, key=lambda e: _entry_sort_key(e[0]))
+        out = [self._to_record(key, eid, raw) for eid, key, raw in merged]
+        return out[:count] if count is not None else out
+
+    async def _latest_entry(self, object_id: str | int) -> tuple[str, bytes, dict[bytes, bytes]] | None:
+        part = self.keys.for_object(str(object_id))
+        key = part.stream(self.kind)
+        found = await script("latest").run(
+            self.client, [part.index(self.kind), key], [str(object_id)]
+        )
+        if not found:
+            return None
+        return key, found[0], pairs(found[1])
+
+    async def latest(self, object_id: str | int) -> Record | None:
+        """The newest record put with this object id, or None."""
+        found = await self._latest_entry(object_id)
+        return None if found is None else self._to_record(*found)
+
+    async def latest_raw(self, object_id: str | int) -> bytes | None:
+        """The newest record's payload bytes as stored (a view's JSON, to return as it is)."""
+        found = await self._latest_entry(object_id)
+        return None if found is None else found[2].get(b"data")
+
+    async def by_tag(
+        self,
+        name: str,
+        value: str,
+        since: datetime | int | None = None,
+        until: datetime | int | None = None,
+        *,
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> list[Record]:
+        """Records tagged name=value, written in [since, until]; ``limit`` 0 means all."""
+        low, high = to_ms(since, 0), to_ms(until, MAX_ID >> 1)
+        per_partition = []
+        for part in self.keys.all():
+            key = part.stream(self.kind)
+            found = await script("by_tag").run(
+                self.client,
+                [part.tag_index(self.kind, name, value), key],
+                [low, high, limit, "1" if newest_first else "0"],
+            )
+            per_partition.append([(eid, key, pairs(raw)) for eid, raw in found])
+        merged = heapq.merge(
+            *per_partition, key=lambda e: _entry_sort_key(e[0]), reverse=newest_first
+        )
+        out = [self._to_record(key, eid, raw) for eid, key, raw in merged]
+        return out[:limit] if limit else out
+
+    async def length(self) -> int:
+        """Number of entries over all partitions."""
+        total = 0
+        for part in self.keys.all():
+            total += int(await self.client.xlen(part.stream(self.kind)))
+        return total
+
+    async def subscribe(
+        self, *, after: str = "$", block_ms: int = 1000, idle_limit: int | None = None
+    ) -> AsyncIterator[Record]:
+        """Yield records as they are written (after ``after``: "$" new only, "0" from start).
+
+        Stops after ``idle_limit`` consecutive empty blocks, if given; otherwise runs until the
+        consumer stops iterating.
+        """
+        cursors: dict[str, str] = {part.stream(self.kind): after for part in self.keys.all()}
+        idle = 0
+        while idle_limit is None or idle < idle_limit:
+            reply = await self.client.xread(cursors, block=block_ms)  # type: ignore[arg-type]
+            if not reply:
+                idle += 1
+                await asyncio.sleep(0)
+                continue
+            idle = 0
+            for key, entries in reply:
+                stream_key = _s(key)
+                for eid, raw in entries:
+                    cursors[stream_key] = _s(eid)
+                    yield self._to_record(stream_key, eid, raw)
+
+
+def _entry_sort_key(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _s(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+class SyncWriteOnlyStream:
+    """A write-only stream for synchronous producers (scripts, Django/Flask views)."""
+
+    role = "write-only"
+
+    def __init__(self, inner: WriteOnlyStream, client: redis.Redis) -> None:
+        self._inner = inner
+        self.client = client
+
+    def put(
+        self,
+        message: Message,
+        *,
+        object_id: str | int | None = None,
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        on_existing: OnExisting = OnExisting.WRITE,
+        keep: int = 1,
+        correlation_id: str = "",
+        causation_id: str = "",
+        message_id: str | None = None,
+        execute_earliest: datetime | int | None = None,
+    ) -> PutResult:
+        """Put a message (see ``WriteOnlyStream.put``)."""
+        envelope = self._inner.envelope(
+            message,
+            object_id=object_id,
+            tags=tags,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
+        )
+        due = None if execute_earliest is None else to_ms(execute_earliest, 0)
+        batch, _ = build_put(self._inner.keys, self._inner.kind, envelope, on_existing, keep, due)
+        return _result(envelope, batch.run_sync(self.client)[0])
+
+    def next_id(self) -> int:
+        """A unique, increasing 64-bit id (see ``WriteOnlyStream.next_id``)."""
+        inner = self._inner
+        return int(self.client.incr(inner.keys.partition(0).sequence(inner.kind)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+__all__ = ["PutResult", "ReadOnlyStream", "SyncWriteOnlyStream", "Tags", "WriteOnlyStream"]

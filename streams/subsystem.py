@@ -1,0 +1,104 @@
+"""A subsystem: its six streams (plus dead letters) over P partitions, handed out by role."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+import redis
+import redis.asyncio
+
+from domain.aggregate import Aggregate
+from domain.registry import TypeRegistry, registry
+from streams.aggregates import AggregateStore
+from streams.keys import Kind, SubsystemKeys
+from streams.stream import ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream, to_ms
+
+A = TypeVar("A", bound=Aggregate)
+KindName = Kind | str
+
+
+def as_kind(kind: KindName) -> Kind:
+    """A Kind from itself, its value (``"client-ops"``) or its name (``"client_operations"``)."""
+    if isinstance(kind, Kind):
+        return kind
+    try:
+        return Kind(kind)
+    except ValueError:
+        try:
+            return Kind[kind.upper()]
+        except KeyError:
+            names = ", ".join(k.value for k in Kind)
+            raise ValueError(f"unknown stream kind {kind!r}; one of: {names}") from None
+
+
+class Subsystem:
+    """The streams of one subsystem (``notification``, ``email``) on one server.
+
+    >>> notification = Subsystem("notification", client)
+    >>> ops = notification.writer("client-ops")   # write-only: put, next_id
+    >>> views = notification.reader("views")      # read-only: latest_raw, by_tag, read
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: redis.asyncio.Redis,
+        *,
+        partitions: int = 1,
+        types: TypeRegistry = registry,
+        sync_client: redis.Redis | None = None,
+    ) -> None:
+        self.keys = SubsystemKeys(name, partitions)
+        self.client = client
+        self.sync_client = sync_client
+        self.types = types
+
+    @property
+    def name(self) -> str:
+        """The subsystem's name, the first part of every key's hash tag."""
+        return self.keys.subsystem
+
+    def writer(self, kind: KindName) -> WriteOnlyStream:
+        """A write-only handle on one stream kind."""
+        return WriteOnlyStream(self.keys, as_kind(kind), self.client, self.types)
+
+    def reader(self, kind: KindName) -> ReadOnlyStream:
+        """A read-only handle on one stream kind."""
+        return ReadOnlyStream(self.keys, as_kind(kind), self.client, self.types)
+
+    def sync_writer(self, kind: KindName) -> SyncWriteOnlyStream:
+        """A write-only handle for synchronous code; needs ``sync_client``."""
+        if self.sync_client is None:
+            raise ValueError(
+                f"subsystem {self.name!r} has no sync client; pass sync_client= to Subsystem"
+            )
+        return SyncWriteOnlyStream(self.writer(kind), self.sync_client)
+
+    def aggregates(self, cls: type[A]) -> AggregateStore[A]:
+        """Load and append to aggregates of ``cls`` in this subsystem."""
+        return AggregateStore(self.keys, cls, self.client, types=self.types)
+
+    async def trim(
+        self,
+        kind: KindName,
+        *,
+        maxlen: int | None = None,
+        max_age_ms: int | None = None,
+        older_than: datetime | None = None,
+    ) -> int:
+        """Drop the oldest entries beyond ``maxlen`` or older than an age; return how many.
+
+        Indexes (latest-by-id, tags) heal themselves as trimmed entries are met.
+        """
+        stream_kind = as_kind(kind)
+        removed = 0
+        for part in self.keys.all():
+            key = part.stream(stream_kind)
+            if maxlen is not None:
+                removed += int(await self.client.xtrim(key, maxlen=maxlen, approximate=False))
+            if max_age_ms is not None or older_than is not None:
+                server_ms = int((await self.client.time())[0]) * 1000
+                cutoff = to_ms(older_than, server_ms - (max_age_ms or 0))
+                removed += int(await self.client.xtrim(key, minid=f"{cutoff}-0", approximate=False))
+        return removed
