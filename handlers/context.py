@@ -1,0 +1,288 @@
+"""What a handler gets besides its message: the streams it declared, in the roles it declared.
+
+Everything a handler emits is buffered here as outputs; the bot writes them together with the
+ack of the input in one atomic commit. Nothing is visible before that commit, and a handler
+that fails or conflicts leaves nothing behind. Output message ids are derived from the input's
+id, so a re-run of the same input produces the same ids (appends de-duplicate on them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import redis.asyncio
+import structlog
+
+from domain.aggregate import Aggregate
+from domain.errors import HandlerError
+from domain.messages import Event, Message
+from domain.registry import TypeRegistry
+from streams.commit import Batch, OnExisting
+from streams.delayed import Delayed
+from streams.envelope import Envelope, as_tags, encode, encode_view, now_ms
+from streams.keys import Kind, SubsystemKeys
+from streams.stream import ReadOnlyStream, to_ms
+from handlers.registry import HandlerSpec, StreamRef
+
+A = TypeVar("A", bound=Aggregate)
+TagsIn = Iterable[tuple[str, str]] | Mapping[str, str] | None
+
+
+@dataclass(slots=True)
+class PutOutput:
+    """A record to put into a stream (or park until ``due_ms``)."""
+
+    target: StreamRef
+    keys: SubsystemKeys
+    envelope: Envelope
+    on_existing: OnExisting = OnExisting.WRITE
+    keep: int = 1
+    due_ms: int | None = None
+
+    def compile(self, batch: Batch) -> None:
+        """Add this output's op to ``batch``."""
+        part = self.keys.for_object(self.envelope.object_id or self.envelope.message_id)
+        if self.due_ms is not None:
+            member = Delayed(self.target.kind.value, self.envelope, self.on_existing, self.keep)
+            batch.delay(part.delayed(self.target.kind), self.due_ms, member.pack())
+        else:
+            batch.put(
+                part, self.target.kind, self.envelope, on_existing=self.on_existing, keep=self.keep
+            )
+
+
+@dataclass(slots=True)
+class AppendOutput:
+    """Events to append to one aggregate at an expected version."""
+
+    subsystem: str
+    keys: SubsystemKeys
+    aggregate_id: str
+    expected_version: int | None
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    def compile(self, batch: Batch) -> None:
+        """Add this output's op to ``batch``."""
+        batch.append(
+            self.keys.for_object(self.aggregate_id),
+            self.aggregate_id,
+            self.envelopes,
+            self.expected_version,
+        )
+
+
+Output = PutOutput | AppendOutput
+
+
+class Context:
+    """The handler's view of the world for one message. Build by the bot, one per attempt."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        envelope: Envelope,
+        *,
+        entry_id: str,
+        attempt: int,
+        client: redis.asyncio.Redis,
+        keys_of: Mapping[str, SubsystemKeys],
+        types: TypeRegistry,
+        logger: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.envelope = envelope
+        self.entry_id = entry_id
+        self.attempt = attempt
+        self.client = client
+        self.types = types
+        self._keys_of = keys_of
+        self.outputs: list[Output] = []
+        self._appends: dict[tuple[str, str], AppendOutput] = {}
+        self._loaded: dict[int, tuple[str, int]] = {}
+        self._count = 0
+        self.log = logger or structlog.get_logger("streamcqrs.handler").bind(
+            handler=spec.name, message_id=envelope.message_id
+        )
+
+    # -- facts about the input -------------------------------------------------------------
+
+    @property
+    def object_id(self) -> str:
+        """The object id the input was put under (the tracking id, the aggregate id)."""
+        return self.envelope.object_id
+
+    @property
+    def message_id(self) -> str:
+        """The input's message id: pass it to outside systems as the idempotency key."""
+        return self.envelope.message_id
+
+    @property
+    def correlation_id(self) -> str:
+        """The conversation this input belongs to; outputs carry it on."""
+        return self.envelope.correlation_id or self.envelope.message_id
+
+    @property
+    def tags(self) -> tuple[tuple[str, str], ...]:
+        """The input's tags."""
+        return self.envelope.tags
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def keys(self, subsystem: str) -> SubsystemKeys:
+        """The key scheme of ``subsystem`` (as the app declared its partitions)."""
+        found = self._keys_of.get(subsystem)
+        return found if found is not None else SubsystemKeys(subsystem)
+
+    def _next_message_id(self) -> str:
+        self._count += 1
+        seed = f"{self.envelope.message_id}:{self._count}".encode()
+        return hashlib.blake2b(seed, digest_size=16).hexdigest()
+
+    def _encode(self, message: Message, object_id: str, tags: TagsIn) -> Envelope:
+        return encode(
+            message,
+            object_id=object_id,
+            tags=as_tags(tags),
+            correlation_id=self.correlation_id,
+            causation_id=self.envelope.message_id,
+            message_id=self._next_message_id(),
+            types=self.types,
+        )
+
+    def _check_write(self, target: StreamRef) -> None:
+        if not self.spec.may_write(target):
+            raise HandlerError(
+                f"handler {self.spec.name} did not declare writes to {target}; "
+                f"add {str(target)!r} to writes=[...] in its @app.handler(...)"
+            )
+
+    def _check_aggregate(self, subsystem: str) -> None:
+        if subsystem not in self.spec.appends:
+            raise HandlerError(
+                f"handler {self.spec.name} did not declare appends to {subsystem!r} aggregates; "
+                f"add {subsystem!r} to appends=[...] in its @app.handler(...)"
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def load(self, cls: type[A], aggregate_id: str | int, *, subsystem: str | None = None) -> A:
+        """Load an aggregate of a declared subsystem (default: the handler's own)."""
+        sub = subsystem or self.spec.source.subsystem
+        self._check_aggregate(sub)
+        from streams.aggregates import AggregateStore
+
+        store = AggregateStore(self.keys(sub), cls, self.client, types=self.types)
+        aggregate = await store.load(str(aggregate_id))
+        self._loaded[id(aggregate)] = (sub, aggregate.version)
+        return aggregate
+
+    def reader(self, target: str) -> ReadOnlyStream:
+        """A read-only handle on a stream the handler declared in ``reads``."""
+        ref = StreamRef.parse(target)
+        if ref not in self.spec.reads:
+            raise HandlerError(
+                f"handler {self.spec.name} did not declare reads of {ref}; "
+                f"add {target!r} to reads=[...]"
+            )
+        return ReadOnlyStream(self.keys(ref.subsystem), ref.kind, self.client, self.types)
+
+    async def next_id(self, target: str) -> int:
+        """A fresh id from a declared output stream's sequence (a tracking id)."""
+        ref = StreamRef.parse(target)
+        self._check_write(ref)
+        key = self.keys(ref.subsystem).partition(0).sequence(ref.kind)
+        return int(await self.client.incr(key))
+
+    # -- writing (buffered until the commit) -----------------------------------------------
+
+    def append(
+        self,
+        aggregate: Aggregate,
+        *events: Event,
+        tags: TagsIn = None,
+        subsystem: str | None = None,
+    ) -> None:
+        """Apply ``events`` to ``aggregate`` and append them at the version it was loaded at.
+
+        An aggregate not loaded through ``load`` is taken as new (expected version 0) unless
+        it says otherwise in ``version``.
+        """
+        sub, loaded_version = self._loaded.get(
+            id(aggregate), (subsystem or self.spec.source.subsystem, aggregate.version)
+        )
+        self._check_aggregate(sub)
+        out = self._appends.get((sub, aggregate.id))
+        if out is None:
+            out = AppendOutput(sub, self.keys(sub), aggregate.id, loaded_version)
+            self._appends[(sub, aggregate.id)] = out
+            self.outputs.append(out)
+        for event in events:
+            out.envelopes.append(self._encode(event, aggregate.id, tags))
+            aggregate.apply(event)
+            aggregate.version += 1
+
+    def put(
+        self,
+        target: str,
+        message: Message,
+        *,
+        object_id: str | int | None = None,
+        tags: TagsIn = None,
+        on_existing: OnExisting = OnExisting.WRITE,
+        keep: int = 1,
+        execute_earliest: datetime | int | None = None,
+        delay: timedelta | float | None = None,
+    ) -> str:
+        """Put ``message`` into a declared stream at commit; returns its message id.
+
+        ``execute_earliest`` (a datetime or epoch ms) or ``delay`` (seconds) parks it until due.
+        """
+        ref = StreamRef.parse(target)
+        self._check_write(ref)
+        envelope = self._encode(message, "" if object_id is None else str(object_id), tags)
+        due: int | None = None
+        if execute_earliest is not None:
+            due = to_ms(execute_earliest, 0)
+        elif delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            due = now_ms() + int(seconds * 1000)
+        self.outputs.append(
+            PutOutput(ref, self.keys(ref.subsystem), envelope, on_existing, keep, due)
+        )
+        return envelope.message_id
+
+    def put_view(
+        self,
+        target: str,
+        object_id: str | int,
+        view: Message | Mapping[str, Any] | bytes,
+        *,
+        type_name: str = "view",
+        tags: TagsIn = None,
+        keep: int = 1,
+    ) -> None:
+        """Store a view's JSON for ``object_id`` in a declared views stream at commit."""
+        ref = StreamRef.parse(target)
+        self._check_write(ref)
+        envelope = encode_view(
+            view,
+            type_name=type_name,
+            object_id=str(object_id),
+            tags=as_tags(tags),
+            correlation_id=self.correlation_id,
+            causation_id=self.envelope.message_id,
+        )
+        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
+        self.outputs.append(PutOutput(ref, self.keys(ref.subsystem), envelope, strategy, keep))
+
+    def compile(self, batch: Batch) -> None:
+        """Add every buffered output to ``batch`` (the bot adds the ack and status)."""
+        for output in self.outputs:
+            output.compile(batch)
+
+
+__all__ = ["AppendOutput", "Context", "Output", "PutOutput", "Kind"]

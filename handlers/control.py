@@ -1,0 +1,30 @@
+"""Control-flow exceptions a handler raises to steer its own handling (not failures)."""
+
+from __future__ import annotations
+
+from domain.errors import StreamCQRSError
+
+
+class Retry(StreamCQRSError):  # noqa: N818 - named for what the handler asks for
+    """Raise from a handler to have its message handled again after ``delay`` seconds.
+
+    Counts as an attempt: after the bot's maximum attempts the record is marked Failed.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "handler asked to retry")
+        self.delay = delay
+        self.reason = reason
+
+
+class NotYet(StreamCQRSError):  # noqa: N818 - named for what the handler says
+    """Raise from a handler that is not ready to handle the message (self-cancellation).
+
+    The record becomes AvailableAfterSelfCancellation and is offered again after ``delay``
+    seconds. Does not count as a failed attempt.
+    """
+
+    def __init__(self, delay: float = 1.0, reason: str = "") -> None:
+        super().__init__(reason or "handler is not ready yet")
+        self.delay = delay
+        self.reason = reason
