@@ -1,0 +1,128 @@
+"""``python -m bench``: every benchmark case in one run, printed as one table with ratios.
+
+Each framework figure stands beside the raw redis-py baseline measured in the same run on
+the same server. ``--smoke`` runs tiny sizes so CI keeps the scripts working (no timings are
+judged there); ``--write`` also stores the table in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from bench import aggregates, baseline, framework
+from bench.machine import describe
+from streams import LocalServer
+
+PAYLOAD = "x" * 60  # with the envelope, an operation of ~100 bytes of payload and ids
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    case: str
+    figure: str
+    value: float
+    unit: str
+    base: float | None = None
+    target: str = ""
+
+    def ratio(self) -> str:
+        if self.base in (None, 0):
+            return ""
+        return f"{self.value / self.base:.2f}x"
+
+
+def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
+    """Run the cases on a private server; return the rows and the machine lines."""
+    n = 2_000 if smoke else 50_000
+    seconds = 1.0 if smoke else 10.0
+    rows: list[Row] = []
+    with LocalServer() as server:
+        url = server.url
+        info = redis.Redis.from_url(url).info("server")
+        version = f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
+
+        def want(case: str) -> bool:
+            return only is None or case in only
+
+        base_rate = baseline.throughput(url, n, PAYLOAD.encode())
+        rows.append(Row("1 baseline", "XREADGROUP+XACK+XADD", base_rate, "msg/s"))
+        if want("2"):
+            case2 = framework.throughput(url, n, PAYLOAD, processes=1)
+            rows.append(Row("2 op->event, 1 bot", "throughput", case2["ops_per_s"], "op/s",
+                            base_rate, ">= 0.50x"))  # fmt: skip
+            rows.append(Row("7 memory", "peak RSS of the bot", case2["peak_rss_mb"], "MB",
+                            None, "<= 80 MB"))  # fmt: skip
+        if want("3"):
+            for per_second in (500, 5000):
+                base = baseline.latency(url, per_second, seconds, PAYLOAD.encode())
+                ours = framework.latency(url, per_second, seconds, PAYLOAD)
+                for q in ("p50", "p99", "p99.9"):
+                    target = "<= 2.00x" if (per_second, q) == (500, "p99") else ""
+                    rows.append(Row(f"3 latency @{per_second}/s", q, ours[q], "ms", base[q], target))
+                rows.append(Row(f"3 latency @{per_second}/s", "seen", ours["seen"] * 100, "%",
+                                base["seen"] * 100))  # fmt: skip
+        if want("5"):
+            events = 1_000 if smoke else 10_000
+            loads = aggregates.load_times(url, events=events)
+            rows.append(Row(f"5 load {events} events", "no snapshot", loads["without_ms"], "ms"))
+            rows.append(Row(f"5 load {events} events", "snapshot/100", loads["with_ms"], "ms",
+                            loads["without_ms"], "<= 0.02x"))  # fmt: skip
+        if want("6"):
+            two = framework.throughput(url, n, PAYLOAD, processes=2)
+            one = next((r.value for r in rows if r.case.startswith("2 ")), None)
+            rows.append(Row("6 op->event, 2 bots", "throughput", two["ops_per_s"], "op/s", one,
+                            "vs case 2"))  # fmt: skip
+        if want("4"):
+            from bench import notification
+
+            count = 200 if smoke else 5_000
+            e2e = notification.end_to_end(url, count)
+            case2 = next((r.value for r in rows if r.case.startswith("2 ")), None)
+            rows.append(Row(f"4 notifications x{count}", "completed/s", e2e["per_s"], "n/s",
+                            case2, ">= 0.10x of case 2"))  # fmt: skip
+            rows.append(Row(f"4 notifications x{count}", "p99 put->terminal", e2e["p99"], "ms"))
+    return rows, describe(version)
+
+
+def table(rows: list[Row], machine: list[str], command: str) -> str:
+    """The rows as a Markdown table, with the machine and the command."""
+    lines = [
+        "| case | figure | streamcqrs | baseline | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        base = "" if r.base is None else f"{r.base:,.2f}"
+        lines.append(
+            f"| {r.case} | {r.figure} | {r.value:,.2f} {r.unit} | {base} | {r.ratio()} | {r.target} |"
+        )
+    return "\n".join([*lines, "", *machine, f"command: `{command}`"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, print (and optionally write) the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--only", nargs="*", help="case numbers to run (the baseline always runs)")
+    parser.add_argument("--write", action="store_true", help="store the table in bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    rows, machine = run(args.smoke, set(args.only) if args.only else None)
+    command = "python -m bench" + (" --smoke" if args.smoke else "")
+    text = table(rows, machine, command) + f"\nwall time: {time.monotonic() - started:.0f} s"
+    print(text)
+    if args.write:
+        out = Path(__file__).with_name("RESULTS.md")
+        out.write_text(f"# Benchmark results\n\nLatest run of `{command}`:\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
