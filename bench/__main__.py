@@ -47,7 +47,8 @@ def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
     with LocalServer() as server:
         url = server.url
         info = redis.Redis.from_url(url).info("server")
-        version = f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
+        name = info.get("server_name", "redis")
+        version = f"{name} {info.get('valkey_version') or info['redis_version']}"
 
         def want(case: str) -> bool:
             return only is None or case in only
@@ -66,7 +67,9 @@ def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
                 ours = framework.latency(url, per_second, seconds, PAYLOAD)
                 for q in ("p50", "p99", "p99.9"):
                     target = "<= 2.00x" if (per_second, q) == (500, "p99") else ""
-                    rows.append(Row(f"3 latency @{per_second}/s", q, ours[q], "ms", base[q], target))
+                    rows.append(
+                        Row(f"3 latency @{per_second}/s", q, ours[q], "ms", base[q], target)
+                    )
                 rows.append(Row(f"3 latency @{per_second}/s", "seen", ours["seen"] * 100, "%",
                                 base["seen"] * 100))  # fmt: skip
         if want("5"):
@@ -101,7 +104,8 @@ def table(rows: list[Row], machine: list[str], command: str) -> str:
     for r in rows:
         base = "" if r.base is None else f"{r.base:,.2f}"
         lines.append(
-            f"| {r.case} | {r.figure} | {r.value:,.2f} {r.unit} | {base} | {r.ratio()} | {r.target} |"
+            f"| {r.case} | {r.figure} | {r.value:,.2f} {r.unit} | {base} "
+            f"| {r.ratio()} | {r.target} |"
         )
     return "\n".join([*lines, "", *machine, f"command: `{command}`"])
 

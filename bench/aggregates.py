@@ -37,6 +37,8 @@ async def _measure(url: str, events: int, every: int, repeats: int) -> dict[str,
     return {"without_ms": timings[plain], "with_ms": timings[snapped]}
 
 
-def load_times(url: str, events: int = 10_000, every: int = 100, repeats: int = 3) -> dict[str, float]:
+def load_times(
+    url: str, events: int = 10_000, every: int = 100, repeats: int = 3
+) -> dict[str, float]:
     """Best-of-``repeats`` load time (ms) without and with a snapshot every ``every`` events."""
     return asyncio.run(_measure(url, events, every, repeats))

@@ -71,7 +71,10 @@ def throughput(url: str, n: int, payload: bytes) -> float:
 
 
 def paced(
-    put: callable, observe: callable, per_second: int, seconds: float  # type: ignore[valid-type]
+    put: callable,
+    observe: callable,
+    per_second: int,
+    seconds: float,  # type: ignore[valid-type]
 ) -> list[float]:
     """Run ``put(t0_ns)`` at a steady rate while ``observe()`` yields t0s; latencies in ms."""
     total = int(per_second * seconds)
@@ -119,7 +122,9 @@ def latency(url: str, per_second: int, seconds: float, payload: bytes) -> dict[s
                 out.append(int(fields[b"t0"]))
         return out
 
-    got = paced(lambda t0: client.xadd(IN, {"t0": t0, "data": payload}), observe, per_second, seconds)
+    got = paced(
+        lambda t0: client.xadd(IN, {"t0": t0, "data": payload}), observe, per_second, seconds
+    )
     proc.terminate()
     proc.join(5)
     client.close()

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -88,7 +87,10 @@ def throughput(url: str, n: int, data: str, processes: int = 1) -> dict[str, flo
         watcher.join(5)
     first, last = client.xrange(EVENTS, count=1), client.xrevrange(EVENTS, count=1)
     client.close()
-    return {"ops_per_s": rate(n, ms_of(first[0][0]), ms_of(last[0][0])), "peak_rss_mb": rss[0] / 2**20}
+    return {
+        "ops_per_s": rate(n, ms_of(first[0][0]), ms_of(last[0][0])),
+        "peak_rss_mb": rss[0] / 2**20,
+    }
 
 
 def latency(url: str, per_second: int, seconds: float, data: str) -> dict[str, float]:

@@ -21,12 +21,13 @@ from domain.aggregate import Aggregate
 from domain.errors import HandlerError
 from domain.messages import Event, Message
 from domain.registry import TypeRegistry
+from handlers.registry import HandlerSpec, StreamRef
+from streams.aggregates import AggregateStore
 from streams.commit import Batch, OnExisting
 from streams.delayed import Delayed
 from streams.envelope import Envelope, as_tags, encode, encode_view, now_ms
-from streams.keys import Kind, SubsystemKeys
+from streams.keys import SubsystemKeys
 from streams.stream import ReadOnlyStream, to_ms
-from handlers.registry import HandlerSpec, StreamRef
 
 A = TypeVar("A", bound=Aggregate)
 TagsIn = Iterable[tuple[str, str]] | Mapping[str, str] | None
@@ -169,12 +170,12 @@ class Context:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def load(self, cls: type[A], aggregate_id: str | int, *, subsystem: str | None = None) -> A:
+    async def load(
+        self, cls: type[A], aggregate_id: str | int, *, subsystem: str | None = None
+    ) -> A:
         """Load an aggregate of a declared subsystem (default: the handler's own)."""
         sub = subsystem or self.spec.source.subsystem
         self._check_aggregate(sub)
-        from streams.aggregates import AggregateStore
-
         store = AggregateStore(self.keys(sub), cls, self.client, types=self.types)
         aggregate = await store.load(str(aggregate_id))
         self._loaded[id(aggregate)] = (sub, aggregate.version)
@@ -285,4 +286,4 @@ class Context:
             output.compile(batch)
 
 
-__all__ = ["AppendOutput", "Context", "Output", "PutOutput", "Kind"]
+__all__ = ["AppendOutput", "Context", "Output", "PutOutput"]

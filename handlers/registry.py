@@ -125,8 +125,10 @@ class App:
                 is_async=inspect.iscoroutinefunction(fn),
             )
             for known in self.handlers:
-                if known.source == spec.source and known.concern == spec.concern and (
-                    set(known.message_types) & set(spec.message_types)
+                if (
+                    known.source == spec.source
+                    and known.concern == spec.concern
+                    and (set(known.message_types) & set(spec.message_types))
                 ):
                     raise HandlerError(
                         f"{spec.name} and {known.name} both handle the same type on "
