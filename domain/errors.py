@@ -7,8 +7,11 @@ class StreamCQRSError(Exception):
     """Root of every error streamcqrs raises; catch this to catch them all."""
 
 
-class ConfigurationError(StreamCQRSError):
-    """Settings are missing or contradict each other."""
+class ConfigurationError(StreamCQRSError, ValueError):
+    """Settings are missing or contradict each other.
+
+    Also a ValueError: it is raised for a bad argument value, where callers expect one.
+    """
 
 
 class RegistryError(StreamCQRSError):

@@ -41,14 +41,19 @@ class TypeRegistry:
         """Register ``cls`` under ``name`` (and old ``aliases``) at schema ``version``."""
         if version < 1:
             raise RegistryError(f"schema version of {name!r} must be >= 1, got {version}")
+        if not name:
+            raise RegistryError(f"{cls.__qualname__} needs a non-empty stable type name")
         entry = MessageType(name, version, cls)
-        for key in (name, *aliases):
+        names = (name, *aliases)
+        # Check every name before storing any, so a refused registration leaves no trace.
+        for key in names:
             known = self._by_name.get(key)
             if known is not None and known.cls is not cls:
                 raise RegistryError(
                     f"type name {key!r} is already registered for {known.cls.__qualname__}; "
                     "give each message class its own stable name"
                 )
+        for key in names:
             self._by_name[key] = entry
         self._by_class[cls] = entry
         return entry
@@ -96,11 +101,23 @@ class TypeRegistry:
                     f"no upcaster lifts {current.name!r} from version {version}; register one "
                     f"with @registry.upcaster({current.name!r}, from_version={version})"
                 )
-            payload = step(payload)
+            try:
+                payload = step(payload)
+            except Exception as exc:
+                # User code: whatever it raises, the reader needs to know which step failed.
+                raise RegistryError(
+                    f"upcaster of {current.name!r} from version {version} failed: {exc!r}"
+                ) from exc
+            if not isinstance(payload, dict):
+                raise RegistryError(
+                    f"upcaster of {current.name!r} from version {version} returned a "
+                    f"{type(payload).__name__}, not a dict"
+                )
             version += 1
         return payload
 
     def __contains__(self, cls: object) -> bool:
+        """True if ``cls`` is a registered message class."""
         return cls in self._by_class
 
 
