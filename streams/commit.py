@@ -15,7 +15,13 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from domain.errors import ConcurrencyConflict, DuplicateRecord, InvalidTransition, StreamError
+from domain.errors import (
+    ConcurrencyConflict,
+    ConfigurationError,
+    DuplicateRecord,
+    InvalidTransition,
+    StreamError,
+)
 from streams.envelope import Envelope
 from streams.keys import Kind, PartitionKeys
 from streams.scripts import script
@@ -63,8 +69,11 @@ class Batch:
         maxlen: int = 0,
     ) -> int:
         """Add a record to stream ``kind``, indexed by object id and tags; return its op index."""
+        if on_existing is OnExisting.PRUNE and keep < 1:
+            raise ConfigurationError(f"OnExisting.PRUNE must keep at least 1 record, not {keep}")
         obj = envelope.object_id
-        byid = self._key(keys.by_object(kind, obj)) if on_existing is OnExisting.PRUNE and obj else 0
+        prune = on_existing is OnExisting.PRUNE and obj
+        byid = self._key(keys.by_object(kind, obj)) if prune else 0
         fields = envelope.fields()
         self._args += [
             "PUT", self._key(keys.stream(kind)), self._key(keys.index(kind)), byid,

@@ -68,6 +68,10 @@ class PartitionKeys:
 
     def tag_index(self, kind: Kind, name: str, value: str) -> str:
         """Sorted set of entry ids carrying tag name=value, scored by entry time (ms)."""
+        if not name or "=" in name:
+            # The key splits at the first "=": a name holding one would share keys with
+            # another (name, value) pair.
+            raise ConfigurationError(f"tag name {name!r} must be non-empty and contain no '='")
         return f"{self.tag}:{kind}:tag:{name}={value}"
 
     def sequence(self, kind: Kind) -> str:

@@ -58,6 +58,9 @@ while i <= #ARGV do
     op.fields = list(tonumber(nxt()), nxt)
     if op.obj ~= '' and op.index and op.strategy ~= 'write' and op.strategy ~= 'prune' then
       local found = redis.call('HGET', op.index, op.obj)
+      if found and #redis.call('XRANGE', op.stream, found, found) == 0 then
+        found = false  -- the indexed record was trimmed: nothing to skip for or refuse
+      end
       if found then
         if op.strategy == 'raise' then
           return redis.error_reply('DUPLICATE ' .. op.obj .. ' ' .. found)
@@ -119,6 +122,13 @@ while i <= #ARGV do
 end
 
 local function ms_of(id) return tonumber(string.match(id, '^(%d+)')) end
+-- True if entry id a is older than b, comparing (ms, seq) as numbers, not as strings.
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then return tonumber(am) < tonumber(bm) end
+  return tonumber(as) < tonumber(bs)
+end
 
 -- XADD one entry, then index it by object id and by each tag key.
 local function add(stream, index, tags, obj, fields, maxlen)
@@ -146,8 +156,13 @@ for _, op in ipairs(ops) do
         redis.call('ZADD', op.byid, ms_of(id), id)
         local extra = redis.call('ZCARD', op.byid) - op.keep
         if extra > 0 then
-          local old = redis.call('ZRANGE', op.byid, 0, extra - 1)
-          redis.call('ZREMRANGEBYRANK', op.byid, 0, extra - 1)
+          -- Entries of one ms tie on score and ZRANGE would order them as strings
+          -- ("5-10" before "5-9"), pruning the newest: sort by id as numbers instead.
+          local all = redis.call('ZRANGE', op.byid, 0, -1)
+          table.sort(all, older)
+          local old = {}
+          for k = 1, extra do old[k] = all[k] end
+          redis.call('ZREM', op.byid, unpack(old))
           redis.call('XDEL', op.stream, unpack(old))
         end
       end
