@@ -18,10 +18,22 @@ import redis.asyncio
 from pydantic import ValidationError
 
 from domain.aggregate import Aggregate
+from domain.errors import DecodeError
 from domain.messages import Event
 from domain.registry import TypeRegistry, registry
 from streams.commit import Batch, OnExisting
-from streams.envelope import JSON, Envelope, Record, as_tags, encode, pairs, parse, to_record
+from streams.envelope import (
+    JSON,
+    Envelope,
+    Record,
+    as_str,
+    as_tags,
+    encode,
+    entries,
+    parse,
+    script_entry,
+    to_record,
+)
 from streams.keys import Kind, SubsystemKeys
 from streams.scripts import script
 
@@ -36,10 +48,6 @@ class AppendResult:
     version: int
     entry_ids: tuple[str, ...]
     written: bool
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class AggregateStore(Generic[A]):
@@ -102,7 +110,7 @@ class AggregateStore(Generic[A]):
         batch = Batch()
         batch.append(self.keys.for_object(aggregate_id), aggregate_id, envelopes, expected_version)
         version, ids, written = (await batch.run(self.client))[0]
-        return AppendResult(int(version), tuple(_s(i) for i in ids), bool(written))
+        return AppendResult(int(version), tuple(as_str(i) for i in ids), bool(written))
 
     async def version(self, aggregate_id: str) -> int:
         """The aggregate's current version (0 if it has no events)."""
@@ -115,11 +123,11 @@ class AggregateStore(Generic[A]):
         out: list[Record] = []
         low = after_entry if after_entry == "-" else f"({after_entry}"
         while True:
-            page = await self.client.xrange(key, low, "+", count=PAGE)
+            page = entries(await self.client.xrange(key, low, "+", count=PAGE))
             out += [to_record(key, eid, raw, self.types) for eid, raw in page]
             if len(page) < PAGE:
                 return out
-            low = f"({_s(page[-1][0])}"
+            low = f"({as_str(page[-1][0])}"
 
     async def load(self, aggregate_id: str, *, use_snapshot: bool = True) -> A:
         """The aggregate as of its latest event: snapshot (if any) plus the events after it."""
@@ -127,7 +135,13 @@ class AggregateStore(Generic[A]):
         if state is None:
             state, after = self.cls(id=aggregate_id), "-"
         for record in await self.events(aggregate_id, after):
-            assert isinstance(record.message, Event)
+            if not isinstance(record.message, Event):
+                raise DecodeError(
+                    record.stream,
+                    record.entry_id,
+                    f"{record.envelope.type!r} is not an Event; only events can be folded "
+                    f"into {self.cls.__qualname__}",
+                )
             state.apply(record.message)
             state.version = record.envelope.seq or state.version + 1
         return state
@@ -140,7 +154,8 @@ class AggregateStore(Generic[A]):
         )
         if not found:
             return None, "-"
-        envelope = parse(key, _s(found[0]), pairs(found[1]))
+        entry_id, raw = script_entry(found)
+        envelope = parse(key, as_str(entry_id), raw)
         try:
             body: dict[str, Any] = orjson.loads(envelope.payload)
             return self.cls.model_validate(body["state"]), str(body["entry"])
@@ -151,10 +166,12 @@ class AggregateStore(Generic[A]):
     async def snapshot(self, aggregate: A, *, keep: int = 1) -> str | None:
         """Store ``aggregate`` as a snapshot, keeping the newest ``keep`` per aggregate."""
         part = self.keys.for_object(aggregate.id)
-        last = await self.client.xrevrange(part.aggregate(aggregate.id), "+", "-", count=1)
+        last = entries(
+            await self.client.xrevrange(part.aggregate(aggregate.id), "+", "-", count=1)
+        )
         if not last:
             return None
-        entry = _s(last[0][0])
+        entry = as_str(last[0][0])
         seq = int(last[0][1].get(b"seq", b"0"))
         if seq != aggregate.version:
             return None  # the aggregate moved on since this state was folded; skip
@@ -167,4 +184,4 @@ class AggregateStore(Generic[A]):
         batch = Batch()
         batch.put(part, Kind.SNAPSHOTS, envelope, on_existing=OnExisting.PRUNE, keep=keep)
         entry_id, _ = (await batch.run(self.client))[0]
-        return _s(entry_id)
+        return as_str(entry_id)

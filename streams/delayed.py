@@ -27,13 +27,12 @@ class Delayed:
     def pack(self) -> bytes:
         """Encode as a delayed-set member."""
         e = self.envelope
-        return msgpack.packb(
-            [
-                self.kind, e.type, e.payload, e.schema, e.object_id, e.message_id,
-                e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
-                e.fmt, self.on_existing.value, self.keep,
-            ]  # fmt: skip
-        )
+        fields = [
+            self.kind, e.type, e.payload, e.schema, e.object_id, e.message_id,
+            e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
+            e.fmt, self.on_existing.value, self.keep,
+        ]  # fmt: skip
+        return msgpack.packb(fields)
 
     @classmethod
     def unpack(cls, member: bytes) -> Delayed:

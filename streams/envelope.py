@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import orjson
@@ -34,6 +34,8 @@ from domain.messages import Message
 from domain.registry import TypeRegistry, registry
 
 Tags = tuple[tuple[str, str], ...]
+Entry = tuple[bytes, dict[bytes, bytes]]
+"""One stream entry as XRANGE/XREAD return it on a client without decode_responses."""
 MSGPACK = b"m"
 JSON = b"j"
 
@@ -173,14 +175,19 @@ def decode(
         kind = types.of_name(envelope.type)
     except UnknownMessageType as exc:
         raise DecodeError(stream, entry_id, str(exc)) from exc
+    if envelope.fmt not in (MSGPACK, JSON):
+        raise DecodeError(stream, entry_id, f"unknown payload format {envelope.fmt!r}")
     try:
         data = (
             msgpack.unpackb(envelope.payload)
             if envelope.fmt == MSGPACK
             else orjson.loads(envelope.payload)
         )
-    except (ValueError, msgpack.UnpackException, orjson.JSONDecodeError) as exc:
-        raise DecodeError(stream, entry_id, f"payload is not valid {envelope.fmt!r}: {exc}") from exc
+    # Arbitrary bytes can fail msgpack in many ways (bad format, unhashable or non-str map
+    # keys, bad UTF-8); each is just "not a payload".
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        reason = f"payload is not valid {envelope.fmt!r}: {exc}"
+        raise DecodeError(stream, entry_id, reason) from exc
     if not isinstance(data, dict):
         raise DecodeError(stream, entry_id, f"payload is a {type(data).__name__}, not a map")
     try:
@@ -232,3 +239,23 @@ def to_record(
 def pairs(flat: Sequence[Any]) -> dict[bytes, bytes]:
     """Turn a flat [field, value, ...] reply (as Lua returns) into a dict."""
     return {flat[k]: flat[k + 1] for k in range(0, len(flat) - 1, 2)}
+
+
+def as_str(value: bytes | str) -> str:
+    """Text of a reply value that comes back as bytes (or str on a decoding client)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entries(reply: object) -> list[Entry]:
+    """Narrow an XRANGE/XREVRANGE reply to its known shape: [(entry_id, {field: value})].
+
+    redis-py types these replies loosely (every element optional); the server's reply to
+    these commands on a non-decoding client always has this shape, or is empty.
+    """
+    return cast(list[Entry], reply or [])
+
+
+def script_entry(found: Sequence[Any]) -> Entry:
+    """Narrow a Lua script's ``{entry_id, {field, value, ...}}`` reply into an Entry."""
+    entry_id, flat = found
+    return cast(bytes, entry_id), pairs(flat)

@@ -109,6 +109,7 @@ class LocalServer:
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         except OSError as exc:
+            self.stop()  # removes the temp dir made for it
             raise ServerUnavailable(f"cannot run {self.binary}: {exc}; {INSTALL_HINT}") from exc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,16 +118,18 @@ class LocalServer:
             if self.process.poll() is not None:
                 break
             time.sleep(0.01)
-        self.stop()
+        # Stop first (so reading stderr cannot block on a live process), but read the log
+        # before stop() removes the directory holding it.
         tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        self._terminate()
         stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        self.stop()
         raise ServerUnavailable(
             f"{self.binary} did not start within {timeout:.0f}s: {(stderr + tail).strip()!r}; "
             f"{INSTALL_HINT}"
         )
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its directory if we made it."""
+    def _terminate(self, timeout: float = 5.0) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -134,6 +137,10 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its directory if we made it."""
+        self._terminate(timeout)
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         if self._owns_dir:
@@ -146,9 +153,11 @@ class LocalServer:
             self.process.wait(5)
 
     def __enter__(self) -> LocalServer:
+        """Start the server for a ``with`` block."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the server at the end of a ``with`` block."""
         self.stop()
 
 

@@ -14,17 +14,30 @@ import heapq
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis
 import redis.asyncio
+from redis.typing import KeyT, StreamIdT
 
 from domain.errors import RoleError
 from domain.messages import Message
 from domain.registry import TypeRegistry, registry
 from streams.commit import Batch, OnExisting
 from streams.delayed import Delayed
-from streams.envelope import Envelope, Record, Tags, as_tags, encode, encode_view, pairs, to_record
+from streams.envelope import (
+    Entry,
+    Envelope,
+    Record,
+    Tags,
+    as_str,
+    as_tags,
+    encode,
+    encode_view,
+    entries,
+    script_entry,
+    to_record,
+)
 from streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streams.scripts import script
 
@@ -80,10 +93,11 @@ class _Stream:
         )
 
     def __getattr__(self, name: str) -> Any:
+        # Only called for names the class lacks: the other role's methods land here.
         if name in _WRITE_ONLY and self.role != "write-only":
-            self._refuse(name, f"writer({self.kind.name.lower()!r}) to write")
+            self._refuse(name, f"writer({self.kind.value!r}) to write")
         if name in _READ_ONLY and self.role != "read-only":
-            self._refuse(name, f"reader({self.kind.name.lower()!r}) to read")
+            self._refuse(name, f"reader({self.kind.value!r}) to read")
         raise AttributeError(name)
 
     def __repr__(self) -> str:
@@ -94,6 +108,7 @@ def build_put(
     keys: SubsystemKeys,
     kind: Kind,
     envelope: Envelope,
+    *,
     on_existing: OnExisting,
     keep: int,
     execute_earliest: int | None = None,
@@ -157,9 +172,32 @@ class WriteOnlyStream(_Stream):
             causation_id=causation_id,
             message_id=message_id,
         )
-        due = None if execute_earliest is None else to_ms(execute_earliest, 0)
-        batch, _ = build_put(self.keys, self.kind, envelope, on_existing, keep, due)
+        batch = self._put_batch(envelope, on_existing, keep, execute_earliest)
         return _result(envelope, (await batch.run(self.client))[0])
+
+    def _put_batch(
+        self,
+        envelope: Envelope,
+        on_existing: OnExisting,
+        keep: int,
+        execute_earliest: datetime | int | None = None,
+    ) -> Batch:
+        due = None if execute_earliest is None else to_ms(execute_earliest, 0)
+        batch, _ = build_put(
+            self.keys, self.kind, envelope, on_existing=on_existing, keep=keep, execute_earliest=due
+        )
+        return batch
+
+    def view_envelope(
+        self,
+        object_id: str | int,
+        view: Message | Mapping[str, Any] | bytes,
+        *,
+        type_name: str = "view",
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+    ) -> Envelope:
+        """Wrap a view (model, mapping or ready JSON bytes) for this stream."""
+        return encode_view(view, type_name=type_name, object_id=str(object_id), tags=as_tags(tags))
 
     async def put_view(
         self,
@@ -171,11 +209,9 @@ class WriteOnlyStream(_Stream):
         keep: int = 1,
     ) -> PutResult:
         """Store a view as JSON bytes, keeping the newest ``keep`` per id (0 keeps all)."""
-        envelope = encode_view(
-            view, type_name=type_name, object_id=str(object_id), tags=as_tags(tags)
-        )
+        envelope = self.view_envelope(object_id, view, type_name=type_name, tags=tags)
         strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
-        batch, _ = build_put(self.keys, self.kind, envelope, strategy, keep)
+        batch = self._put_batch(envelope, strategy, keep)
         return _result(envelope, (await batch.run(self.client))[0])
 
     async def next_id(self) -> int:
@@ -186,12 +222,8 @@ class WriteOnlyStream(_Stream):
 def _result(envelope: Envelope, reply: Any) -> PutResult:
     if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int):
         entry_id, written = reply
-        return PutResult(_s(entry_id), bool(written), envelope.object_id)
+        return PutResult(as_str(entry_id), bool(written), envelope.object_id)
     return PutResult("", True, envelope.object_id)  # parked in the delayed set
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class ReadOnlyStream(_Stream):
@@ -214,13 +246,15 @@ class ReadOnlyStream(_Stream):
         per_partition = []
         for part in self.keys.all():
             key = part.stream(self.kind)
-            entries = await self.client.xrange(key, low, high, count=count)
-            per_partition.append([(eid, key, raw) for eid, raw in entries])
+            found = entries(await self.client.xrange(key, low, high, count=count))
+            per_partition.append([(eid, key, raw) for eid, raw in found])
         merged = heapq.merge(*per_partition, key=lambda e: _entry_sort_key(e[0]))
         out = [self._to_record(key, eid, raw) for eid, key, raw in merged]
         return out[:count] if count is not None else out
 
-    async def _latest_entry(self, object_id: str | int) -> tuple[str, bytes, dict[bytes, bytes]] | None:
+    async def _latest_entry(
+        self, object_id: str | int
+    ) -> tuple[str, bytes, dict[bytes, bytes]] | None:
         part = self.keys.for_object(str(object_id))
         key = part.stream(self.kind)
         found = await script("latest").run(
@@ -228,7 +262,8 @@ class ReadOnlyStream(_Stream):
         )
         if not found:
             return None
-        return key, found[0], pairs(found[1])
+        entry_id, raw = script_entry(found)
+        return key, entry_id, raw
 
     async def latest(self, object_id: str | int) -> Record | None:
         """The newest record put with this object id, or None."""
@@ -260,11 +295,11 @@ class ReadOnlyStream(_Stream):
                 [part.tag_index(self.kind, name, value), key],
                 [low, high, limit, "1" if newest_first else "0"],
             )
-            per_partition.append([(eid, key, pairs(raw)) for eid, raw in found])
+            per_partition.append([(key, *script_entry(each)) for each in found])
         merged = heapq.merge(
-            *per_partition, key=lambda e: _entry_sort_key(e[0]), reverse=newest_first
+            *per_partition, key=lambda e: _entry_sort_key(e[1]), reverse=newest_first
         )
-        out = [self._to_record(key, eid, raw) for eid, key, raw in merged]
+        out = [self._to_record(key, eid, raw) for key, eid, raw in merged]
         return out[:limit] if limit else out
 
     async def length(self) -> int:
@@ -282,24 +317,30 @@ class ReadOnlyStream(_Stream):
         Stops after ``idle_limit`` consecutive empty blocks, if given; otherwise runs until the
         consumer stops iterating.
         """
-        cursors: dict[str, str] = {part.stream(self.kind): after for part in self.keys.all()}
+        cursors: dict[KeyT, StreamIdT] = {}
+        for part in self.keys.all():
+            key = part.stream(self.kind)
+            # Pin "$" to each partition's last id now: left as "$", a partition that stays
+            # quiet while another answers would skip whatever it got in between two reads.
+            last = entries(await self.client.xrevrange(key, "+", "-", count=1))
+            cursors[key] = (as_str(last[0][0]) if last else "0-0") if after == "$" else after
         idle = 0
         while idle_limit is None or idle < idle_limit:
-            reply = await self.client.xread(cursors, block=block_ms)  # type: ignore[arg-type]
+            reply = await self.client.xread(cursors, block=block_ms)
             if not reply:
                 idle += 1
                 await asyncio.sleep(0)
                 continue
             idle = 0
-            for key, entries in reply:
-                stream_key = _s(key)
-                for eid, raw in entries:
-                    cursors[stream_key] = _s(eid)
+            for reply_key, found in cast(list[tuple[bytes, list[Entry]]], reply):
+                stream_key = as_str(reply_key)
+                for eid, raw in found:
+                    cursors[stream_key] = as_str(eid)
                     yield self._to_record(stream_key, eid, raw)
 
 
 def _entry_sort_key(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _s(entry_id).partition("-")
+    ms, _, seq = as_str(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -334,8 +375,22 @@ class SyncWriteOnlyStream:
             causation_id=causation_id,
             message_id=message_id,
         )
-        due = None if execute_earliest is None else to_ms(execute_earliest, 0)
-        batch, _ = build_put(self._inner.keys, self._inner.kind, envelope, on_existing, keep, due)
+        batch = self._inner._put_batch(envelope, on_existing, keep, execute_earliest)
+        return _result(envelope, batch.run_sync(self.client)[0])
+
+    def put_view(
+        self,
+        object_id: str | int,
+        view: Message | Mapping[str, Any] | bytes,
+        *,
+        type_name: str = "view",
+        tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
+        keep: int = 1,
+    ) -> PutResult:
+        """Store a view (see ``WriteOnlyStream.put_view``)."""
+        envelope = self._inner.view_envelope(object_id, view, type_name=type_name, tags=tags)
+        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
+        batch = self._inner._put_batch(envelope, strategy, keep)
         return _result(envelope, batch.run_sync(self.client)[0])
 
     def next_id(self) -> int:
@@ -344,7 +399,11 @@ class SyncWriteOnlyStream:
         return int(self.client.incr(inner.keys.partition(0).sequence(inner.kind)))
 
     def __getattr__(self, name: str) -> Any:
+        # The role checks (and the refusals they give) are the async stream's.
         return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<SyncWriteOnlyStream {self._inner.name} partitions={self._inner.keys.partitions}>"
 
 
 __all__ = ["PutResult", "ReadOnlyStream", "SyncWriteOnlyStream", "Tags", "WriteOnlyStream"]

@@ -9,6 +9,7 @@ import redis
 import redis.asyncio
 
 from domain.aggregate import Aggregate
+from domain.errors import ConfigurationError
 from domain.registry import TypeRegistry, registry
 from streams.aggregates import AggregateStore
 from streams.keys import Kind, SubsystemKeys
@@ -29,7 +30,7 @@ def as_kind(kind: KindName) -> Kind:
             return Kind[kind.upper()]
         except KeyError:
             names = ", ".join(k.value for k in Kind)
-            raise ValueError(f"unknown stream kind {kind!r}; one of: {names}") from None
+            raise ConfigurationError(f"unknown stream kind {kind!r}; one of: {names}") from None
 
 
 class Subsystem:
@@ -70,7 +71,7 @@ class Subsystem:
     def sync_writer(self, kind: KindName) -> SyncWriteOnlyStream:
         """A write-only handle for synchronous code; needs ``sync_client``."""
         if self.sync_client is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"subsystem {self.name!r} has no sync client; pass sync_client= to Subsystem"
             )
         return SyncWriteOnlyStream(self.writer(kind), self.sync_client)
