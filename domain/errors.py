@@ -51,6 +51,10 @@ class DecodeError(StreamError):
         self.reason = reason
 
 
+class EncodeError(StreamError):
+    """A message could not be packed for storage (say, an int beyond 64 bits)."""
+
+
 class DuplicateRecord(StreamError):
     """A put with ``OnExisting.RAISE`` found a record with the same object id."""
 
@@ -95,6 +99,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "DuplicateRecord",
+    "EncodeError",
     "HandlerError",
     "HandlingError",
     "InvalidTransition",

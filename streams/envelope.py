@@ -28,7 +28,7 @@ import msgpack
 import orjson
 from pydantic import ValidationError
 
-from domain.errors import DecodeError, RegistryError, UnknownMessageType
+from domain.errors import DecodeError, EncodeError, RegistryError, UnknownMessageType
 from domain.ids import new_message_id
 from domain.messages import Message
 from domain.registry import TypeRegistry, registry
@@ -97,10 +97,16 @@ def encode(
 ) -> Envelope:
     """Wrap a registered message model in an envelope with a msgpack payload."""
     kind = types.of_class(type(message))
+    try:
+        payload = msgpack.packb(message.model_dump(mode="json"))
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise EncodeError(
+            f"cannot pack {kind.name!r} for storage: {exc}; keep ints within 64 bits"
+        ) from exc
     return Envelope(
         type=kind.name,
         schema=kind.version,
-        payload=msgpack.packb(message.model_dump(mode="json")),
+        payload=payload,
         object_id=object_id,
         message_id=message_id or new_message_id(),
         correlation_id=correlation_id,
