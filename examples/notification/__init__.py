@@ -1,0 +1,1 @@
+"""The notification-system example: client, notification/email/Slack bots, saga, views, API."""
