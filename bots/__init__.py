@@ -1,0 +1,1 @@
+"""Bots: the worker processes that handle operations and events (``python -m bots``)."""

@@ -1,0 +1,1 @@
+"""Examples built only on the public API; start from ``examples.notification``."""
