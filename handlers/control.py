@@ -5,7 +5,7 @@ from __future__ import annotations
 from domain.errors import StreamCQRSError
 
 
-class Retry(StreamCQRSError):  # noqa: N818 - named for what the handler asks for
+class Retry(StreamCQRSError):
     """Raise from a handler to have its message handled again after ``delay`` seconds.
 
     Counts as an attempt: after the bot's maximum attempts the record is marked Failed.
@@ -17,7 +17,7 @@ class Retry(StreamCQRSError):  # noqa: N818 - named for what the handler asks fo
         self.reason = reason
 
 
-class NotYet(StreamCQRSError):  # noqa: N818 - named for what the handler says
+class NotYet(StreamCQRSError):
     """Raise from a handler that is not ready to handle the message (self-cancellation).
 
     The record becomes AvailableAfterSelfCancellation and is offered again after ``delay``

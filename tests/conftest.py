@@ -66,7 +66,10 @@ class Backend:
 
     def sync_client(self) -> redis.Redis:
         """A new sync client on this backend."""
-        client = self._memory.sync_client() if self._memory else redis.Redis.from_url(self.url or "")
+        if self._memory:
+            client = self._memory.sync_client()
+        else:
+            client = redis.Redis.from_url(self.url or "")
         self._sync_clients.append(client)
         return client
 
