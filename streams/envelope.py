@@ -85,6 +85,15 @@ class Envelope:
         ]  # fmt: skip
 
 
+MAX_PAYLOAD_BYTES = 1 << 20
+"""Largest message payload (packed) a put accepts and a bot decodes: 1 MiB.
+
+Streams are logs of small facts; a bigger blob belongs in object storage with its key in the
+message. Refusing it at the door keeps one oversized entry from stalling a bot's batch, and a
+bot dead-letters any larger entry written past this check instead of unpacking it.
+"""
+
+
 def encode(
     message: Message,
     *,
@@ -103,6 +112,11 @@ def encode(
         raise EncodeError(
             f"cannot pack {kind.name!r} for storage: {exc}; keep ints within 64 bits"
         ) from exc
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise EncodeError(
+            f"{kind.name!r} packs to {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte "
+            "limit; store large content elsewhere and put its key in the message"
+        )
     return Envelope(
         type=kind.name,
         schema=kind.version,
@@ -183,6 +197,12 @@ def decode(
         raise DecodeError(stream, entry_id, str(exc)) from exc
     if envelope.fmt not in (MSGPACK, JSON):
         raise DecodeError(stream, entry_id, f"unknown payload format {envelope.fmt!r}")
+    if len(envelope.payload) > MAX_PAYLOAD_BYTES:
+        raise DecodeError(
+            stream,
+            entry_id,
+            f"payload of {len(envelope.payload)} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit",
+        )
     try:
         data = (
             msgpack.unpackb(envelope.payload)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from domain import DecodeError, EncodeError, TypeRegistry
 from streams import Batch, Envelope, Kind, decode, encode, parse, to_record
-from streams.envelope import JSON, entries, pairs
+from streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
 from tests.conftest import Backend, Run
 from tests.messages import Ping
 
@@ -207,3 +207,15 @@ def test_a_message_msgpack_cannot_hold_raises_encode_error() -> None:
     """An int beyond 64 bits cannot be stored: encode says so with EncodeError."""
     with pytest.raises(EncodeError, match=r"cannot pack 'test\.Ping'"):
         encode(Ping(n=2**70))
+
+
+def test_a_payload_over_the_size_limit_is_refused_on_put_and_on_read() -> None:
+    """Over MAX_PAYLOAD_BYTES: encode refuses it, and decode reports it without unpacking."""
+    with pytest.raises(EncodeError, match="limit"):
+        encode(Ping(n=1, text="x" * (MAX_PAYLOAD_BYTES + 1)))
+    fits = encode(Ping(n=1, text="x" * (MAX_PAYLOAD_BYTES - 64)))
+    assert Ping(n=1, text="x" * (MAX_PAYLOAD_BYTES - 64)) == decode(STREAM, "1-0", fits)
+
+    huge = Envelope(type="test.Ping", payload=b"\x00" * (MAX_PAYLOAD_BYTES + 1))
+    with pytest.raises(DecodeError, match=r"1-0.*over the 1048576-byte limit"):
+        decode(STREAM, "1-0", huge)
