@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from streams.server import resolve_url
 
@@ -24,6 +27,12 @@ class Settings:
     username: str | None = field(default_factory=lambda: os.environ.get("REDIS_USERNAME"))
     password: str | None = field(default_factory=lambda: os.environ.get("REDIS_PASSWORD"))
     socket_timeout: float | None = None
+    retries: int = 8
+    """Reconnect attempts per command after a dropped connection (jittered backoff, <= 2 s
+    apart), so producers and bots ride out a server restart by themselves."""
+
+    def _backoff(self) -> ExponentialWithJitterBackoff:
+        return ExponentialWithJitterBackoff(cap=2.0, base=0.05)
 
     def client(self) -> redis.Redis:
         """A sync client (producers, CLIs, tests)."""
@@ -32,6 +41,7 @@ class Settings:
             username=self.username,
             password=self.password,
             socket_timeout=self.socket_timeout,
+            retry=redis.retry.Retry(self._backoff(), self.retries),
         )
 
     def async_client(self) -> redis.asyncio.Redis:
@@ -41,4 +51,5 @@ class Settings:
             username=self.username,
             password=self.password,
             socket_timeout=self.socket_timeout,
+            retry=redis.asyncio.retry.Retry(self._backoff(), self.retries),
         )
