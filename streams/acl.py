@@ -1,0 +1,405 @@
+"""Least-privilege Redis ACL users, built from grants and rendered as ``ACL SETUSER``.
+
+A role (a client, a bot, an API) is a list of grants; each grant is a set of commands allowed
+on a set of key patterns, and becomes one Redis 7 ACL *selector* ``(%R~keys +commands)``. A
+command runs when one selector allows the command on every key it names, so grants do not
+leak into each other: a bot may XADD into the streams it declared and XREADGROUP its input,
+and still cannot XADD into its input.
+
+Two server rules shape the grants (checked in tests/test_acl.py on a real server):
+
+* ``EVALSHA`` declares its KEYS read-write, so every key a script is handed needs ``~``
+  (read and write) in the selector that allows ``EVALSHA``. That selector allows nothing
+  else, and inside the script every ``redis.call`` is checked again, command and key, against
+  the user: a write-only producer runs ``commit.lua`` but a script that tries ``XRANGE`` on
+  its stream fails with "ACL failure in script".
+* Key permissions follow each command's key spec: XADD, HSET, ZADD, XACK need write only
+  (``%W~``); XRANGE, HGET need read only (``%R~``); INCRBY, XREADGROUP, XAUTOCLAIM need both.
+
+The building blocks below (``put``, ``next_id``, ``read``, ``consume``, ``append``, ``load``)
+know which keys and commands each framework operation touches; ``handlers.acl`` composes
+them from an app's declarations. Patterns are exact per partition: ``{notification.0}:views``,
+not ``{notification.*}``, whose ``*`` would also match keys of other streams.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import redis
+
+from domain.errors import ConfigurationError
+from streams.keys import Kind, PartitionKeys, SubsystemKeys
+
+_SENTINEL = "\x00any\x00"
+_GLOB_SPECIAL = "\\*?[]"
+SCRIPT_COMMANDS = ("evalsha", "script|load")
+"""How the framework runs its Lua scripts: EVALSHA, and SCRIPT LOAD after a NOSCRIPT."""
+CONNECTION_COMMANDS = ("ping", "client|setinfo")
+"""Keyless commands every role gets: health checks, and redis-py's library name on connect."""
+READER_COMMANDS = (
+    "xrange", "xrevrange", "xread", "xlen", "hget", "zrangebyscore", "zrevrangebyscore",
+)  # fmt: skip
+"""What a reader does on a stream and its indexes (read by time, live, latest, by tag)."""
+CONSUMER_COMMANDS = (
+    "xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xgroup|create",
+    "xgroup|createconsumer", "xgroup|delconsumer", "xinfo|groups", "xinfo|consumers",
+    "xinfo|stream", "xrange", "xrevrange", "xlen",
+)  # fmt: skip
+"""What a consumer-group member does on its input stream (XREADGROUP needs read and write)."""
+HANDLING_COMMANDS = (
+    "hget", "hmget", "hgetall", "hexists", "hset", "hdel", "rpush", "lrange", "llen",
+)  # fmt: skip
+"""What a consumer does on its handling store: status hash, history lists."""
+FLAG_COMMANDS = ("hget", "hmget", "hgetall", "hexists")
+"""What a consumer does on the disable switches: read them (operators set them)."""
+
+
+class Access(StrEnum):
+    """How a key pattern may be used: read, write, or both (the ACL prefix of the pattern)."""
+
+    READ = "%R~"
+    WRITE = "%W~"
+    READ_WRITE = "~"
+
+
+def escape(text: str) -> str:
+    """``text`` as a glob matching only itself (Redis key patterns treat ``*?[]\\`` as glob)."""
+    return "".join("\\" + c if c in _GLOB_SPECIAL else c for c in text)
+
+
+def wildcard(make: Callable[[str], str]) -> str:
+    """A pattern for every key ``make(x)`` can return: the fixed parts escaped, ``x`` as ``*``.
+
+    Built by calling the key scheme itself, so a pattern never drifts from ``streams.keys``:
+    ``wildcard(lambda x: part.by_object(Kind.VIEWS, x))`` is ``{s.0}:views:obj:*``.
+    """
+    return escape(make(_SENTINEL)).replace(escape(_SENTINEL), "*")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class KeyGrant:
+    """One key pattern and how it may be used."""
+
+    pattern: str
+    access: Access
+
+    def render(self) -> str:
+        """The pattern as ACL SETUSER spells it: ``%R~{s.0}:views``."""
+        return f"{self.access.value}{self.pattern}"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Commands allowed on key patterns: one ACL selector. ``why`` documents it."""
+
+    keys: tuple[KeyGrant, ...]
+    commands: tuple[str, ...]
+    why: str = ""
+
+    def render(self) -> str:
+        """The selector: ``(%R~a ~b +xrange +hget)``."""
+        keys = " ".join(k.render() for k in sorted(set(self.keys)))
+        commands = " ".join(f"+{c}" for c in sorted(set(self.commands)))
+        return f"({keys} {commands})" if keys else f"({commands})"
+
+
+def grant(patterns: Iterable[str], access: Access, commands: Sequence[str], why: str = "") -> Grant:
+    """A grant of ``commands`` on every pattern in ``patterns`` with one access."""
+    return Grant(tuple(KeyGrant(p, access) for p in patterns), tuple(commands), why)
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """What one framework operation needs: keys its scripts are handed, and selectors.
+
+    ``script_keys`` are merged over the whole role into the one selector that allows EVALSHA,
+    because a single commit hands one script every key it touches.
+    """
+
+    script_keys: frozenset[str] = frozenset()
+    grants: tuple[Grant, ...] = ()
+
+    def __add__(self, other: Grants) -> Grants:
+        return Grants(self.script_keys | other.script_keys, self.grants + other.grants)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A Redis user: a name, what it is for, and its grants."""
+
+    name: str
+    grants: Grants
+    why: str = ""
+    commands: tuple[str, ...] = CONNECTION_COMMANDS
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() or c in "()" for c in self.name):
+            raise ConfigurationError(
+                f"ACL user name {self.name!r} must be non-empty, without spaces or parentheses"
+            )
+
+    def selectors(self) -> list[Grant]:
+        """The role's selectors: the script selector first, then the grants merged.
+
+        Grants with the same commands and access collapse into one selector so that the
+        rendered user stays short enough to read.
+        """
+        out: list[Grant] = []
+        if self.grants.script_keys:
+            keys = sorted(self.grants.script_keys)
+            out.append(
+                grant(keys, Access.READ_WRITE, SCRIPT_COMMANDS, "run the framework's scripts")
+            )
+        merged: dict[tuple[str, ...], list[KeyGrant]] = {}
+        whys: dict[tuple[str, ...], list[str]] = {}
+        for each in self.grants.grants:
+            commands = tuple(sorted(set(each.commands)))
+            merged.setdefault(commands, []).extend(each.keys)
+            if each.why and each.why not in whys.setdefault(commands, []):
+                whys[commands].append(each.why)
+        for commands, key_grants in merged.items():
+            why = "; ".join(whys.get(commands, []))
+            out.append(Grant(tuple(sorted(set(key_grants))), commands, why))
+        return out
+
+    def setuser_args(self, password: str | None) -> list[str]:
+        """Arguments of ``ACL SETUSER``: reset, on, the password, root commands, selectors.
+
+        ``password=None`` leaves the user without any password (it cannot log in), to be
+        given one by the operator.
+        """
+        args = [self.name, "reset", "on"]
+        if password is not None:
+            args.append(f">{password}")
+        args += [f"+{c}" for c in self.commands]
+        args += [s.render() for s in self.selectors()]
+        return args
+
+    def render(self, password: str | None) -> str:
+        """One ``ACL SETUSER`` line, ready for redis-cli (selectors are one argument each)."""
+        parts = ["ACL", "SETUSER", *self.setuser_args(password)]
+        return " ".join(f'"{p}"' if " " in p else p for p in parts)
+
+    def apply(self, client: redis.Redis, password: str | None) -> None:
+        """Create or replace the user on the server ``client`` is connected to."""
+        client.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            "ACL", "SETUSER", *self.setuser_args(password)
+        )
+
+
+def new_password() -> str:
+    """A random password for a generated user."""
+    return secrets.token_urlsafe(24)
+
+
+# -- building blocks: what each framework operation touches --------------------------------
+
+
+def _parts(keys: SubsystemKeys) -> list[PartitionKeys]:
+    return keys.all()
+
+
+def _tags(part: PartitionKeys, kind: Kind) -> str:
+    return wildcard(lambda x: part.tag_index(kind, x, x))
+
+
+def _by_object(part: PartitionKeys, kind: Kind) -> str:
+    return wildcard(lambda x: part.by_object(kind, x))
+
+
+def _history(part: PartitionKeys, kind: Kind, concern: str) -> str:
+    return wildcard(lambda x: part.handling_history(kind, concern, x))
+
+
+def put(
+    keys: SubsystemKeys,
+    kind: Kind,
+    *,
+    dedupe: bool = True,
+    prune: bool = True,
+    delay: bool = True,
+) -> Grants:
+    """Put records into one stream kind through ``commit.lua``.
+
+    A put XADDs the entry, HSETs the latest-by-id index and ZADDs each tag index. ``prune``
+    (views, snapshots: keep the newest N per id) also trims the per-object set and XDELs old
+    entries; ``dedupe`` (``OnExisting.SKIP``/``RAISE``) reads the index and the stream, which
+    a write-only producer must not; ``delay`` parks a put in the delayed set.
+    """
+    where = f"{keys.subsystem}/{kind}"
+    streams = [escape(p.stream(kind)) for p in _parts(keys)]
+    indexes = [escape(p.index(kind)) for p in _parts(keys)]
+    sets = [_tags(p, kind) for p in _parts(keys)]
+    by_object = [_by_object(p, kind) for p in _parts(keys)]
+    delayed = [escape(p.delayed(kind)) for p in _parts(keys)]
+    if delay:
+        sets += delayed
+    # One command per key class: XADD on an index key would make a stream there.
+    out = [
+        grant(streams, Access.WRITE, ("xadd",), f"put into {where}"),
+        grant(indexes, Access.WRITE, ("hset",), f"index puts into {where} by object id"),
+        grant(sets, Access.WRITE, ("zadd",), f"index puts into {where} by tag"),
+    ]
+    if prune:
+        out.append(grant(by_object, Access.READ_WRITE, ("zadd", "zcard", "zrange", "zrem")))
+        out.append(grant(streams, Access.WRITE, ("xdel",), f"prune {where} to the newest per id"))
+    if dedupe:
+        out.append(grant(indexes + streams, Access.READ, ("hget", "xrange"), "skip duplicates"))
+    script = streams + indexes + sets + (by_object if prune else [])
+    return Grants(frozenset(script), tuple(out))
+
+
+def next_id(keys: SubsystemKeys, kind: Kind) -> Grants:
+    """Hand out tracking ids from one stream's sequence (INCRBY reads and writes it)."""
+    sequence = escape(keys.partition(0).sequence(kind))
+    why = f"next_id of {keys.subsystem}/{kind}"
+    return Grants(grants=(grant([sequence], Access.READ_WRITE, ("incr", "incrby"), why),))
+
+
+def read(keys: SubsystemKeys, kind: Kind) -> Grants:
+    """Read one stream kind: by time range, live, latest by id (latest.lua), by tag (by_tag.lua).
+
+    The two scripts drop index entries whose records were trimmed (HDEL, ZREM on the index
+    only); that is the one write a reader makes, and it never touches the stream itself.
+    """
+    streams, indexes, script = [], [], set()
+    for part in _parts(keys):
+        stream = escape(part.stream(kind))
+        index = escape(part.index(kind))
+        tags = _tags(part, kind)
+        streams.append(stream)
+        indexes += [index, tags]
+        script |= {stream, index, tags}
+    why = f"read {keys.subsystem}/{kind}"
+    return Grants(
+        frozenset(script),
+        (
+            grant(streams + indexes, Access.READ, READER_COMMANDS, why),
+            grant(indexes, Access.WRITE, ("hdel", "zrem"), "heal indexes of trimmed records"),
+        ),
+    )
+
+
+def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
+    """Consume one stream kind for one concern: the group, the handling store, the delayed set.
+
+    The consumer of a stream also moves its due delayed entries into it (take from the
+    delayed set, put into the stream): the one write into its input it is granted.
+    """
+    streams, handling, flags, delayed, script = [], [], [], [], set()
+    for part in _parts(keys):
+        stream = escape(part.stream(kind))
+        store = [escape(part.handling_status(kind, concern)), _history(part, kind, concern)]
+        streams.append(stream)
+        handling += store
+        flags.append(escape(part.handling_flags(kind)))
+        delayed.append(escape(part.delayed(kind)))
+        script |= {stream, *store, flags[-1], delayed[-1]}
+    where = f"{keys.subsystem}/{kind}"
+    mover = put(keys, kind, dedupe=True, prune=False, delay=False)
+    return (
+        Grants(
+            frozenset(script),
+            (
+                grant(streams, Access.READ_WRITE, CONSUMER_COMMANDS, f"consume {where}"),
+                grant(handling, Access.READ_WRITE, HANDLING_COMMANDS, f"handling of {where}"),
+                grant(flags, Access.READ, FLAG_COMMANDS, f"read the switches of {where}"),
+                grant(
+                    delayed,
+                    Access.READ_WRITE,
+                    ("zrangebyscore", "zscore", "zrem", "zcard"),
+                    f"move due delayed entries of {where}",
+                ),
+            ),
+        )
+        + mover
+    )
+
+
+def append(keys: SubsystemKeys) -> Grants:
+    """Append events to the aggregates of one subsystem (and its events stream), and load them.
+
+    commit.lua's APPEND checks the version and the message-id de-duplication hash (reads),
+    then XADDs to the aggregate's stream and the events stream. Loading reads the aggregate's
+    stream after the latest snapshot.
+    """
+    script: set[str] = set()
+    rw: list[str] = []
+    for part in _parts(keys):
+        aggregates = wildcard(part.aggregate)
+        rw += [aggregates, escape(part.versions)]
+        script |= {aggregates, escape(part.versions)}
+    why = f"append to {keys.subsystem} aggregates"
+    events = put(keys, Kind.EVENTS, dedupe=False, prune=False, delay=False)
+    return (
+        Grants(
+            frozenset(script),
+            (grant(rw, Access.READ_WRITE, ("xadd", "hset", "hget", "xrange", "xrevrange"), why),),
+        )
+        + events
+        + load(keys)
+    )
+
+
+def load(keys: SubsystemKeys) -> Grants:
+    """Load aggregates of one subsystem: snapshots (latest by id) and aggregate event streams."""
+    aggregates = [wildcard(p.aggregate) for p in _parts(keys)]
+    versions = [escape(p.versions) for p in _parts(keys)]
+    why = f"load {keys.subsystem} aggregates"
+    return read(keys, Kind.SNAPSHOTS) + Grants(
+        grants=(grant(aggregates + versions, Access.READ, ("xrange", "xrevrange", "hget"), why),)
+    )
+
+
+def role(name: str, parts: Iterable[Grants], why: str = "") -> Role:
+    """A role from building blocks: ``role("email-client", [put(...), next_id(...)])``."""
+    total = Grants()
+    for each in parts:
+        total = total + each
+    return Role(name, total, why)
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """Every role of an app, in the order they should be created."""
+
+    roles: tuple[Role, ...] = field(default_factory=tuple)
+
+    def render(self, passwords: dict[str, str | None]) -> list[str]:
+        """``ACL SETUSER`` lines, each preceded by a comment saying what the user is for."""
+        out = []
+        for each in self.roles:
+            out.append(f"# {each.name}: {each.why}" if each.why else f"# {each.name}")
+            out.append(each.render(passwords.get(each.name)))
+        return out
+
+
+__all__ = [
+    "CONNECTION_COMMANDS",
+    "CONSUMER_COMMANDS",
+    "FLAG_COMMANDS",
+    "HANDLING_COMMANDS",
+    "READER_COMMANDS",
+    "SCRIPT_COMMANDS",
+    "Access",
+    "Grant",
+    "Grants",
+    "KeyGrant",
+    "Role",
+    "Roles",
+    "append",
+    "consume",
+    "escape",
+    "grant",
+    "load",
+    "new_password",
+    "next_id",
+    "put",
+    "read",
+    "role",
+    "wildcard",
+]

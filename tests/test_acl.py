@@ -1,0 +1,369 @@
+"""Least-privilege ACL users generated from handler declarations, enforced by a real server.
+
+Every forbidden (role, command, key) attempt below must be refused by the server: ``NOPERM``
+for a command sent directly, ``ERR ACL failure in script`` for one a Lua script runs on the
+caller's behalf. Each attempt is then repeated as the unrestricted default user, where it must
+succeed, so a refusal is known to come from the ACL and not from a wrong key or type. The
+allowed paths then run end to end through the framework as the generated users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.exceptions import NoPermissionError, ResponseError
+
+from domain.errors import StreamError
+from handlers import App, Context
+from handlers import acl as app_acl
+from streams import Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl, encode
+from streams.envelope import as_str
+from streams.stream import build_put
+from tests.conftest import Backend
+from tests.messages import Opened, Ping
+
+APP = App("acltest")
+APP.subsystem("billing", partitions=2)
+
+
+@APP.handler(
+    Ping,
+    stream="orders/client-ops",
+    concern="place",
+    appends=["orders"],
+    writes=["billing/client-ops", "orders/views"],
+)
+async def place(op: Ping, ctx: Context) -> None:
+    """Open the order, ask billing to charge, show the order (the allowed bot path)."""
+
+
+@APP.handler(Ping, stream="billing/client-ops", concern="charge", appends=["billing"])
+async def charge(op: Ping, ctx: Context) -> None:
+    """Charge (billing's own handler)."""
+
+
+@APP.handler(Opened, stream="orders/events", concern="project", writes=["orders/views"])
+async def project(event: Opened, ctx: Context) -> None:
+    """Project orders into views."""
+
+
+PASSWORD = acl.new_password()
+ORDERS = SubsystemKeys("orders")
+BILLING = SubsystemKeys("billing", 2)
+AUDIT = SubsystemKeys("audit")
+O0 = ORDERS.partition(0)
+CLIENT, BOT, API = "orders-client", "acltest-bot", "acltest-api"
+CO = Kind.CLIENT_OPERATIONS
+
+
+class Users:
+    """The app's generated users, created on the server, and clients logged in as them."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.url = backend.url or ""
+        self.admin = backend.sync_client()
+        self.roles = app_acl.roles(APP)
+        self._sync: list[redis.Redis] = []
+        self._async: list[redis.asyncio.Redis] = []
+        for each in self.roles.roles:
+            each.apply(self.admin, PASSWORD)
+
+    def settings(self, user: str) -> Settings:
+        """Connection settings of one generated user."""
+        return Settings(url=self.url, username=user, password=PASSWORD, retries=0)
+
+    def sync(self, user: str) -> redis.Redis:
+        """A sync client logged in as ``user``."""
+        client = self.settings(user).client()
+        self._sync.append(client)
+        return client
+
+    def aio(self, user: str) -> redis.asyncio.Redis:
+        """An asyncio client logged in as ``user``."""
+        client = self.settings(user).async_client()
+        self._async.append(client)
+        return client
+
+    def admin_aio(self) -> redis.asyncio.Redis:
+        """An asyncio client as the unrestricted default user, to check what users wrote."""
+        client = redis.asyncio.Redis.from_url(self.url)
+        self._async.append(client)
+        return client
+
+    def close(self, run: Callable[[Any], Any]) -> None:
+        for client in self._sync:
+            client.close()
+        for aclient in self._async:
+            run(aclient.aclose())
+        names = [r.name for r in self.roles.roles]
+        self.admin.execute_command("ACL", "DELUSER", *names)  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def users(real: Backend, run: Callable[[Any], Any]) -> Iterator[Users]:
+    """The app's users on a flushed real server, deleted afterwards."""
+    made = Users(real)
+    yield made
+    made.close(run)
+
+
+def refused(exc: BaseException) -> bool:
+    """True if the server refused for lack of permission (directly, or inside a script).
+
+    The framework wraps a refused commit into StreamError("commit failed: <server text>").
+    """
+    text = str(exc)
+    return isinstance(exc, NoPermissionError) or any(
+        marker in text for marker in ("NOPERM", "No permissions", "ACL failure in script")
+    )
+
+
+# -- framework operations on a sync client, the same path SyncWriteOnlyStream.put takes --------
+
+
+def put(
+    keys: SubsystemKeys,
+    kind: Kind,
+    *,
+    object_id: str = "o-1",
+    on_existing: OnExisting = OnExisting.WRITE,
+) -> Callable[[redis.Redis], Any]:
+    """An action: put a Ping into ``keys``/``kind`` through commit.lua."""
+
+    def action(client: redis.Redis) -> Any:
+        envelope = encode(Ping(n=1), object_id=object_id, tags=(("who", "x"),))
+        batch, _ = build_put(keys, kind, envelope, on_existing=on_existing, keep=1)
+        return batch.run_sync(client)
+
+    return action
+
+
+def script(source: str, *keys: str) -> Callable[[redis.Redis], Any]:
+    """An action: load a script and run it over ``keys`` (what a hand-made script could do)."""
+
+    def action(client: redis.Redis) -> Any:
+        sha = client.script_load(source)
+        return client.evalsha(sha, len(keys), *keys)
+
+    return action
+
+
+def command(*args: Any) -> Callable[[redis.Redis], Any]:
+    """An action: send one raw command."""
+    return lambda client: client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One forbidden (role, command, key) pair; ``admin`` False for commands too drastic to
+    repeat as the default user (FLUSHALL would wipe the scene, CONFIG SET would change it)."""
+
+    user: str
+    what: str
+    action: Callable[[redis.Redis], Any]
+    admin: bool = True
+
+
+def group_read(stream: str, group: str) -> Callable[[redis.Redis], Any]:
+    """An action: read new entries of ``stream`` as a member of consumer group ``group``."""
+    return command("XREADGROUP", "GROUP", group, "c", "STREAMS", stream, ">")
+
+
+def forbidden() -> list[Attempt]:
+    """Everything each user must not do, each a command on a key the user can name."""
+    ops, views, events = O0.stream(CO), O0.stream(Kind.VIEWS), O0.stream(Kind.EVENTS)
+    ops_index, views_index = O0.index(CO), O0.index(Kind.VIEWS)
+    sagas, audit_ops = O0.stream(Kind.SAGAS), AUDIT.partition(0).stream(CO)
+    status, other_status = O0.handling_status(CO, "place"), O0.handling_status(CO, "other")
+    billing_ops, snapshots = BILLING.partition(1).stream(CO), O0.stream(Kind.SNAPSHOTS)
+    audit_aggregate = AUDIT.partition(0).aggregate("a")
+    read_ops = "return redis.call('XRANGE', KEYS[1], '-', '+')"
+    add = "return redis.call('XADD', KEYS[1], '*', 'k', 'v')"
+    A, c = Attempt, command  # noqa: N806 - the table below reads better short
+    everywhere: list[Attempt] = []
+    for user in (CLIENT, API, BOT):
+        everywhere += [
+            A(user, "KEYS *", c("KEYS", "*")),
+            A(user, "SCAN 0", c("SCAN", "0")),
+            A(user, "FLUSHALL", c("FLUSHALL"), admin=False),
+            A(user, "FLUSHDB", c("FLUSHDB"), admin=False),
+            A(user, "CONFIG GET", c("CONFIG", "GET", "maxmemory")),
+            A(user, "CONFIG SET", c("CONFIG", "SET", "maxmemory", "1"), admin=False),
+            A(user, "ACL LIST", c("ACL", "LIST")),
+            A(user, "ACL SETUSER", c("ACL", "SETUSER", user, "+@all"), admin=False),
+            A(user, "CLIENT LIST", c("CLIENT", "LIST")),
+            A(user, "CLIENT KILL", c("CLIENT", "KILL", "ID", "999999"), admin=False),
+            A(user, "SHUTDOWN", c("SHUTDOWN", "NOSAVE"), admin=False),
+            A(user, "SCRIPT FLUSH", c("SCRIPT", "FLUSH")),
+            A(user, "EVAL XADD views", c("EVAL", add, 1, views)),
+            A(user, "DEL client-ops", c("DEL", ops)),
+            A(user, "XTRIM client-ops", c("XTRIM", ops, "MAXLEN", "0")),
+            A(user, "SET a key of its own", c("SET", f"{O0.tag}:x", "1")),
+        ]
+    client = [
+        A(CLIENT, "XRANGE its client-ops", c("XRANGE", ops, "-", "+")),
+        A(CLIENT, "XREVRANGE its client-ops", c("XREVRANGE", ops, "+", "-")),
+        A(CLIENT, "XREAD its client-ops", c("XREAD", "STREAMS", ops, "0")),
+        A(CLIENT, "XLEN its client-ops", c("XLEN", ops)),
+        A(CLIENT, "XINFO STREAM client-ops", c("XINFO", "STREAM", ops)),
+        A(CLIENT, "HGET latest index", c("HGET", ops_index, "o")),
+        A(CLIENT, "HGETALL latest index", c("HGETALL", ops_index)),
+        A(CLIENT, "XADD into latest index", c("XADD", ops_index, "*", "k", "v")),
+        A(CLIENT, "XGROUP CREATE client-ops", c("XGROUP", "CREATE", ops, "g", "0")),
+        A(CLIENT, "XREADGROUP client-ops", group_read(ops, "place")),
+        A(CLIENT, "XDEL client-ops", c("XDEL", ops, "1-1")),
+        A(CLIENT, "script XRANGE client-ops", script(read_ops, ops)),
+        A(CLIENT, "put SKIP (reads for duplicates)", put(ORDERS, CO, on_existing=OnExisting.SKIP)),
+        A(CLIENT, "XADD views", c("XADD", views, "*", "k", "v")),
+        A(CLIENT, "XADD events", c("XADD", events, "*", "k", "v")),
+        A(CLIENT, "put into views", put(ORDERS, Kind.VIEWS)),
+        A(CLIENT, "put into internal-ops", put(ORDERS, Kind.INTERNAL_OPERATIONS)),
+        A(CLIENT, "put into billing/client-ops", put(BILLING, CO)),
+        A(CLIENT, "XADD billing/client-ops", c("XADD", billing_ops, "*", "k", "v")),
+        A(CLIENT, "INCR billing seq", c("INCRBY", BILLING.partition(0).sequence(CO), 1)),
+        A(CLIENT, "INCR views seq", c("INCRBY", O0.sequence(Kind.VIEWS), 1)),
+        A(CLIENT, "HSET handling status", c("HSET", status, "r", "Completed")),
+        A(CLIENT, "XRANGE views", c("XRANGE", views, "-", "+")),
+    ]  # fmt: skip
+    api = [
+        A(API, "XADD views", c("XADD", views, "*", "k", "v")),
+        A(API, "put into views", put(ORDERS, Kind.VIEWS)),
+        A(API, "HSET views latest index", c("HSET", views_index, "o", "1-1")),
+        A(API, "ZADD views tag index", c("ZADD", O0.tag_index(Kind.VIEWS, "who", "x"), 1, "1-1")),
+        A(API, "XDEL views", c("XDEL", views, "1-1")),
+        A(API, "DEL views", c("DEL", views)),
+        A(API, "XTRIM views", c("XTRIM", views, "MAXLEN", "0")),
+        A(API, "XADD events", c("XADD", events, "*", "k", "v")),
+        A(API, "script XADD views", script(add, views)),
+        A(API, "XRANGE client-ops", c("XRANGE", ops, "-", "+")),
+        A(API, "XRANGE snapshots", c("XRANGE", snapshots, "-", "+")),
+        A(API, "XRANGE an aggregate", c("XRANGE", O0.aggregate("o-1"), "-", "+")),
+        A(API, "HGET versions", c("HGET", O0.versions, "o-1")),
+        A(API, "XGROUP CREATE views", c("XGROUP", "CREATE", views, "new", "0")),
+        A(API, "XREADGROUP views", group_read(views, "g")),
+        A(API, "put into client-ops", put(ORDERS, CO)),
+        A(API, "INCR client-ops seq", c("INCRBY", O0.sequence(CO), 1)),
+        A(API, "HGETALL handling status", c("HGETALL", status)),
+    ]  # fmt: skip
+    bot = [
+        A(BOT, "XADD orders/sagas (undeclared)", c("XADD", sagas, "*", "k", "v")),
+        A(BOT, "put into orders/sagas (undeclared)", put(ORDERS, Kind.SAGAS)),
+        A(BOT, "put into orders/internal-ops (undeclared)", put(ORDERS, Kind.INTERNAL_OPERATIONS)),
+        A(BOT, "put into billing/views (undeclared)", put(BILLING, Kind.VIEWS)),
+        A(BOT, "put into audit/client-ops (undeclared)", put(AUDIT, CO)),
+        A(BOT, "XADD orders/snapshots (undeclared)", c("XADD", snapshots, "*", "k", "v")),
+        A(BOT, "XADD audit aggregate (undeclared)", c("XADD", audit_aggregate, "*", "k", "v")),
+        A(BOT, "XDEL its input", c("XDEL", ops, "1-1")),
+        A(BOT, "XTRIM its input", c("XTRIM", ops, "MAXLEN", "0")),
+        A(BOT, "XGROUP DESTROY its input's group", c("XGROUP", "DESTROY", ops, "place")),
+        A(BOT, "XGROUP SETID its input's group", c("XGROUP", "SETID", ops, "place", "$")),
+        A(BOT, "HSET disable switch", c("HSET", O0.handling_flags(CO), "place", "1")),
+        A(BOT, "HSET another concern's status", c("HSET", other_status, "r", "x")),
+        A(BOT, "XREADGROUP audit/client-ops (not its input)", group_read(audit_ops, "g")),
+        A(BOT, "XRANGE orders/sagas (not declared)", c("XRANGE", sagas, "-", "+")),
+        A(BOT, "script XADD orders/sagas", script(add, sagas)),
+        A(BOT, "INCR orders/sagas seq", c("INCRBY", O0.sequence(Kind.SAGAS), 1)),
+        A(BOT, "XADD into views index", c("XADD", views_index, "*", "k", "v")),
+    ]  # fmt: skip
+    return everywhere + client + api + bot
+
+
+def scene(admin: redis.Redis) -> None:
+    """The keys the attempts name, as a running app would have them (idempotent)."""
+    # Attempts XADD into index keys to show they cannot; the default user's repeat succeeds
+    # and would leave a stream where a hash belongs.
+    admin.delete(O0.index(Kind.CLIENT_OPERATIONS), O0.index(Kind.VIEWS))
+    for key, group in (
+        (O0.stream(Kind.CLIENT_OPERATIONS), "place"),
+        (O0.stream(Kind.VIEWS), "g"),
+        (AUDIT.partition(0).stream(Kind.CLIENT_OPERATIONS), "g"),
+    ):
+        admin.xadd(key, {"k": "v"})
+        try:
+            admin.xgroup_create(key, group, "0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def test_every_forbidden_pair_is_refused_by_the_server(
+    users: Users, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each user is refused everything outside its declared part, and the default user is
+    not: the refusal comes from the ACL, not from a wrong key or type."""
+    attempts = forbidden()
+    allowed: list[str] = []
+    not_acl: list[str] = []
+    clients = {name: users.sync(name) for name in (CLIENT, API, BOT)}
+    admin_failed: list[str] = []
+    for attempt in attempts:
+        scene(users.admin)
+        try:
+            attempt.action(clients[attempt.user])
+        except (ResponseError, StreamError) as exc:
+            if not refused(exc):
+                not_acl.append(f"{attempt.user}: {attempt.what}: {exc}")
+        else:
+            allowed.append(f"{attempt.user}: {attempt.what}")
+        if attempt.admin:
+            scene(users.admin)
+            try:
+                attempt.action(users.admin)
+            except (ResponseError, StreamError) as exc:
+                admin_failed.append(f"{attempt.what}: {exc}")
+    # An attempt that fails for the default user too would prove nothing.
+    assert [] == admin_failed, "\n".join(admin_failed)
+    refused_count = len(attempts) - len(allowed) - len(not_acl)
+    with capsys.disabled():
+        print(
+            f"\nACL: {len(attempts)} forbidden (role, command, key) pairs tried, "
+            f"{refused_count} refused by the server"
+        )
+    assert ([], []) == (allowed, not_acl)
+    assert len(attempts) == refused_count
+
+
+def test_generated_users_are_what_the_server_stores(users: Users) -> None:
+    """The server holds each generated user with its selectors, and a wrong password fails."""
+    names = {r.name for r in users.roles.roles}
+    assert {"orders-client", "billing-client", BOT, API} == names
+    listed = [as_str(line) for line in users.admin.execute_command("ACL", "LIST")]  # type: ignore[no-untyped-call]
+    for name in names:
+        (line,) = [each for each in listed if each.startswith(f"user {name} ")]
+        assert "+@all" not in line
+        assert "~*" not in line.split()
+    with pytest.raises(redis.AuthenticationError):
+        Settings(url=users.url, username=CLIENT, password="wrong", retries=0).client().ping()
+
+
+def test_client_puts_and_takes_ids_as_its_user(users: Users, run: Callable[[Any], Any]) -> None:
+    """A client user puts operations (sync, async, delayed, any partition) and gets ids."""
+    orders = Subsystem("orders", users.aio(CLIENT), sync_client=users.sync(CLIENT))
+    billing = Subsystem("billing", users.aio("billing-client"), partitions=2)
+
+    async def scenario() -> list[int]:
+        ops = orders.writer("client-ops")
+        first, second = await ops.next_id(), await ops.next_id()
+        await ops.put(Ping(n=1), object_id=first, tags={"who": "ann"})
+        await ops.put(Ping(n=9), object_id=second, execute_earliest=10**13)
+        sync_ops = orders.sync_writer("client-ops")
+        sync_ops.put(Ping(n=2), object_id=sync_ops.next_id())
+        for n in range(8):
+            await billing.writer("client-ops").put(Ping(n=n), object_id=f"bill-{n}")
+        return [first, second]
+
+    assert [1, 2] == run(scenario())
+    admin = Subsystem("orders", users.admin_aio())
+    stored = run(admin.reader("client-ops").read())
+    assert [1, 2] == [r.message.n for r in stored]  # type: ignore[attr-defined]
+    assert 1 == users.admin.zcard(O0.delayed(Kind.CLIENT_OPERATIONS))
+    per_partition = [
+        users.admin.xlen(BILLING.partition(p).stream(Kind.CLIENT_OPERATIONS)) for p in (0, 1)
+    ]
+    assert 8 == sum(per_partition)
+    assert all(count > 0 for count in per_partition)
