@@ -19,13 +19,16 @@ import redis.asyncio
 from redis.exceptions import NoPermissionError, ResponseError
 
 from domain.errors import StreamError
+from domain.registry import registry
 from handlers import App, Context
 from handlers import acl as app_acl
-from streams import Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl, encode
-from streams.envelope import as_str
+from streams import Batch, Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl, encode
+from streams.aggregates import AggregateStore
+from streams.delayed import Delayed
+from streams.envelope import as_str, parse
 from streams.stream import build_put
 from tests.conftest import Backend
-from tests.messages import Opened, Ping
+from tests.messages import Account, Deposited, Opened, Ping
 
 APP = App("acltest")
 APP.subsystem("billing", partitions=2)
@@ -367,3 +370,149 @@ def test_client_puts_and_takes_ids_as_its_user(users: Users, run: Callable[[Any]
     ]
     assert 8 == sum(per_partition)
     assert all(count > 0 for count in per_partition)
+
+
+def test_api_reads_views_and_events_as_its_user(users: Users, run: Callable[[Any], Any]) -> None:
+    """The API user reads the latest view raw, by tag, by time and live, and the events; and
+    it can heal an index whose record was trimmed (the one write a reader makes)."""
+    admin = Subsystem("orders", users.admin_aio())
+    api = Subsystem("orders", users.aio(API))
+    events = admin.aggregates(Account)
+
+    async def scenario() -> tuple[Any, ...]:
+        await admin.writer("views").put_view("o-1", {"total": 1}, tags={"who": "ann"})
+        await admin.writer("views").put_view("o-1", {"total": 2}, tags={"who": "ann"})
+        await events.append("o-1", [Opened(owner="ann")], expected_version=0, tags={"who": "ann"})
+        views, stream = api.reader("views"), api.reader("events")
+        raw = await views.latest_raw("o-1")
+        tagged = [r.envelope.payload for r in await views.by_tag("who", "ann")]
+        opened = [r.message for r in await stream.read()]
+        live = [r.message async for r in stream.subscribe(after="0", idle_limit=1, block_ms=10)]
+        by_tag = len(await stream.by_tag("who", "ann"))
+        length = await views.length()
+        await admin.trim("views", maxlen=0)
+        healed = (await views.latest("o-1"), await views.by_tag("who", "ann"))
+        return raw, tagged, opened, live, by_tag, length, healed
+
+    raw, tagged, opened, live, by_tag, length, healed = run(scenario())
+    assert b'{"total":2}' == raw
+    assert [b'{"total":2}'] == tagged
+    assert [Opened(owner="ann")] == opened == live
+    assert (1, 1) == (by_tag, length)
+    assert (None, []) == healed
+    assert 0 == users.admin.hlen(O0.index(Kind.VIEWS))
+
+
+def test_bot_consumes_and_commits_declared_outputs_as_its_user(
+    users: Users, run: Callable[[Any], Any]
+) -> None:
+    """The bot user joins its input's group, reads, loads the aggregate, and commits what
+    its handler declared (append, put to billing, view) with the status and the ack."""
+    spec = next(s for s in APP.handlers if s.concern == "place")
+    bot = users.aio(BOT)
+    ops = O0.stream(CO)
+    client = Subsystem("orders", users.aio(CLIENT)).writer("client-ops")
+    admin = users.admin_aio()
+
+    async def scenario() -> tuple[Any, ...]:
+        await bot.xgroup_create(ops, "place", id="0", mkstream=True)
+        await client.put(Ping(n=5), object_id="o-1")
+        ((_, found),) = await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        ((raw_id, raw),) = found
+        entry_id = as_str(raw_id)
+        envelope = parse(ops, entry_id, raw)
+        ctx = Context(
+            spec,
+            envelope,
+            entry_id=entry_id,
+            attempt=1,
+            client=bot,
+            keys_of={"orders": ORDERS, "billing": BILLING},
+            types=registry,
+        )
+        account = await ctx.load(Account, "o-1")
+        ctx.append(account, Opened(owner="ann"), Deposited(amount=5))
+        ctx.put("billing/client-ops", Ping(n=6), object_id="bill-o-1", on_existing=OnExisting.SKIP)
+        ctx.put_view("orders/views", "o-1", {"state": "placed"})
+        batch = Batch()
+        ctx.compile(batch)
+        record = envelope.message_id
+        batch.status(
+            O0.handling_status(CO, "place"),
+            O0.handling_history(CO, "place", record),
+            record,
+            "Completed",
+            b"done",
+            allowed_from=("AvailableByDefault",),
+        )
+        batch.ack(ops, "place", [entry_id])
+        await batch.run(bot)
+        pending = await bot.xpending(ops, "place")
+        loaded = await AggregateStore(ORDERS, Account, bot).load("o-1")
+        billed = await Subsystem("billing", admin, partitions=2).reader("client-ops").read()
+        view = await Subsystem("orders", admin).reader("views").latest_raw("o-1")
+        status = await admin.hget(O0.handling_status(CO, "place"), record)
+        return pending["pending"], loaded, [r.message for r in billed], view, status
+
+    pending, loaded, billed, view, status = run(scenario())
+    assert 0 == pending
+    assert (2, "ann", 5) == (loaded.version, loaded.owner, loaded.balance)
+    assert [Ping(n=6)] == billed
+    assert b'{"state":"placed"}' == view
+    assert b"Completed" == status
+
+
+def test_bot_commit_with_an_undeclared_output_is_refused_whole(
+    users: Users, run: Callable[[Any], Any]
+) -> None:
+    """One undeclared output makes the server refuse the whole commit: nothing is written,
+    the input is not acked and stays pending for a retry."""
+    bot = users.aio(BOT)
+    ops = O0.stream(CO)
+
+    async def scenario() -> tuple[Any, ...]:
+        await bot.xgroup_create(ops, "place", id="0", mkstream=True)
+        await Subsystem("orders", users.aio(CLIENT)).writer("client-ops").put(Ping(n=1))
+        ((_, found),) = await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        entry_id = as_str(found[0][0])
+        batch = Batch()
+        batch.put(BILLING.partition(0), CO, encode(Ping(n=2), object_id="b"))
+        batch.put(O0, Kind.SAGAS, encode(Ping(n=3), object_id="s"))  # not declared
+        batch.ack(ops, "place", [entry_id])
+        with pytest.raises(StreamError) as refusal:
+            await batch.run(bot)
+        pending = await bot.xpending(ops, "place")
+        return refusal.value, pending["pending"]
+
+    refusal, pending = run(scenario())
+    assert refused(refusal)
+    assert 1 == pending
+    written = [
+        users.admin.exists(k) for k in (BILLING.partition(0).stream(CO), O0.stream(Kind.SAGAS))
+    ]
+    assert [0, 0] == written
+
+
+def test_bot_moves_delayed_entries_and_dead_letters_as_its_user(
+    users: Users, run: Callable[[Any], Any]
+) -> None:
+    """The consumer of a stream moves its due delayed entries into it, and puts bad input
+    into the dead-letter stream of its input's subsystem."""
+    bot = users.aio(BOT)
+    delayed_set = O0.delayed(CO)
+    parked = Delayed(CO.value, encode(Ping(n=7), object_id="later"))
+    users.admin.zadd(delayed_set, {parked.pack(): 1})
+
+    async def scenario() -> None:
+        (member,) = await bot.zrangebyscore(delayed_set, 0, 10)
+        due = Delayed.unpack(member)
+        batch = Batch()
+        batch.take(delayed_set, member)
+        batch.put(O0, CO, due.envelope, on_existing=due.on_existing)
+        batch.put(O0, Kind.DEAD_LETTERS, encode(Ping(n=8), object_id="junk"))
+        await batch.run(bot)
+
+    run(scenario())
+    assert 0 == users.admin.zcard(delayed_set)
+    assert 1 == users.admin.xlen(O0.stream(CO))
+    assert 1 == users.admin.xlen(O0.stream(Kind.DEAD_LETTERS))
