@@ -1,0 +1,7 @@
+"""``python -m streams``: the operator's command line (see ``streams.cli``)."""
+
+from __future__ import annotations
+
+from streams.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""What every command of ``python -m streams`` shares: the server, stream names, time, output.
+
+The CLI is an operator's tool: it runs in a process that usually has none of the app's
+message classes registered, so it shows each entry's envelope and its payload unpacked as
+plain data. ``--import MODULE`` registers an app's types so payloads are validated (and
+upcast) by their models instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import msgpack
+import orjson
+import redis
+
+from domain.errors import ConfigurationError, DecodeError, StreamCQRSError
+from streams.connection import Settings
+from streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
+from streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
+from streams.subsystem import as_kind
+
+MAX_PARTITIONS = 256
+"""How far partition detection looks: EXISTS on this many stream keys, in one round trip."""
+PAGE = 500
+"""Entries per XRANGE page when a command walks a whole stream."""
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class CommandError(StreamCQRSError):
+    """A command cannot run as asked; the message says what to do instead."""
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--username`` (the password only from REDIS_PASSWORD, never argv)."""
+    group = parser.add_argument_group("server")
+    group.add_argument(
+        "--url",
+        default=os.environ.get("REDIS_URL"),
+        help="server URL, e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock "
+        "(default: $REDIS_URL)",
+    )
+    group.add_argument(
+        "--username",
+        default=os.environ.get("REDIS_USERNAME"),
+        help="ACL user to log in as (default: $REDIS_USERNAME); "
+        "the password is read from $REDIS_PASSWORD",
+    )
+    group.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable) so its registered message types decode "
+        "payloads into their models",
+    )
+
+
+def connect(args: argparse.Namespace) -> redis.Redis:
+    """A sync client for the server the command line names; CommandError if it names none."""
+    if not args.url:
+        raise CommandError(
+            "no server given: pass --url redis://host:port/0 (or unix:///path.sock), or set "
+            "REDIS_URL; start one with redis-server or valkey-server if none is running"
+        )
+    for module in args.imports:
+        import_module(module)
+    settings = Settings(url=args.url, username=args.username, retries=0)
+    return settings.client()
+
+
+def import_module(name: str) -> Any:
+    """Import ``name`` with the current directory on the path, as ``python -m`` would."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CommandError(f"cannot import {name!r}: {exc}") from None
+
+
+def stream_ref(text: str) -> tuple[str, Kind]:
+    """``"subsystem/kind"`` as (subsystem, Kind), for argparse ``type=``."""
+    subsystem, sep, kind = text.partition("/")
+    if not sep or not subsystem:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SUBSYSTEM/KIND, e.g. notification/client-ops"
+        )
+    try:
+        SubsystemKeys(subsystem)
+        return subsystem, as_kind(kind)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def moment(text: str) -> int:
+    """A time given as epoch ms, ISO 8601 (UTC unless it says), or an age (``10m``) as ms."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if found := _DURATION.match(text):
+        ago = timedelta(**{_UNITS[found[2]]: int(found[1])})
+        return int((datetime.now(UTC) - ago).timestamp() * 1000)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give epoch ms (1700000000000), ISO 8601 "
+            "(2024-05-01T12:00:00, UTC unless it has an offset) or an age (90s, 10m, 2h, 1d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def partitions(client: redis.Redis, subsystem: str, kind: Kind, given: int | None) -> int:
+    """The partition count to use: ``given``, else one past the highest partition with data.
+
+    Reading more partitions than exist reads nothing extra, so detection is safe for reads;
+    writes place records by ``crc32(object id) % P`` and need the real count when the
+    highest partitions happen to be empty (pass ``--partitions``).
+    """
+    if given is not None:
+        if given < 1:
+            raise CommandError(f"--partitions must be at least 1, not {given}")
+        return given
+    pipe = client.pipeline(transaction=False)
+    for number in range(MAX_PARTITIONS):
+        pipe.exists(PartitionKeys(subsystem, number).stream(kind))
+    found = [n for n, exists in enumerate(pipe.execute()) if exists]
+    return found[-1] + 1 if found else 1
+
+
+def part_for(keys: SubsystemKeys, envelope: Envelope) -> PartitionKeys:
+    """The partition a record belongs to (as a put would place it)."""
+    key = envelope.object_id or envelope.message_id
+    return keys.partition(partition_of(key, keys.partitions))
+
+
+def iso(ms: int) -> str:
+    """Epoch ms as an ISO 8601 UTC time with milliseconds."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def entry_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry id."""
+    return int(entry_id.partition("-")[0])
+
+
+def sort_key(entry_id: str) -> tuple[int, int]:
+    """Entry ids in stream order (as numbers: ``5-10`` after ``5-9``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def payload(stream: str, entry_id: str, envelope: Envelope) -> Any:
+    """The payload as plain data: the model's dump if its type is registered, else unpacked."""
+    try:
+        return decode(stream, entry_id, envelope).model_dump(mode="json")
+    except DecodeError:
+        pass  # not registered here (or not valid): show what is stored
+    if envelope.fmt == JSON:
+        return orjson.loads(envelope.payload)
+    return msgpack.unpackb(envelope.payload)
+
+
+def describe(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """One entry as a dict for display: envelope fields, time, payload (or why it is junk)."""
+    out: dict[str, Any] = {"stream": stream, "entry": entry_id, "time": iso(entry_ms(entry_id))}
+    try:
+        envelope = parse(stream, entry_id, raw)
+    except DecodeError as exc:
+        out["error"] = exc.reason
+        out["fields"] = {as_str(k): _text(v) for k, v in raw.items()}
+        return out
+    out.update(
+        id=envelope.message_id,
+        type=envelope.type,
+        schema=envelope.schema,
+        obj=envelope.object_id,
+        corr=envelope.correlation_id,
+        cause=envelope.causation_id,
+        at=iso(envelope.created_at),
+        tags=[list(t) for t in envelope.tags],
+    )
+    if envelope.seq is not None:
+        out["seq"] = envelope.seq
+    try:
+        out["data"] = payload(stream, entry_id, envelope)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        out["error"] = f"payload cannot be unpacked: {exc}"
+        out["data"] = _text(envelope.payload)
+    return out
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def line(entry: Mapping[str, Any]) -> str:
+    """One entry as one human-readable line."""
+    if "type" not in entry:
+        return (
+            f"{entry['entry']}  {entry['stream']}  UNREADABLE: {entry['error']}  {entry['fields']}"
+        )
+    tags = " ".join(f"{n}={v}" for n, v in entry["tags"])
+    parts = [
+        entry["entry"],
+        entry["stream"].partition(":")[0],  # the partition's tag, {subsystem.p}
+        entry["time"],
+        f"{entry['type']}/v{entry['schema']}",
+        f"obj={entry['obj']}" if entry["obj"] else "",
+        f"id={entry['id']}",
+        f"tags[{tags}]" if tags else "",
+        f"seq={entry['seq']}" if "seq" in entry else "",
+        orjson.dumps(entry.get("data"), default=str).decode(),
+        f"ERROR: {entry['error']}" if "error" in entry else "",
+    ]
+    return "  ".join(p for p in parts if p)
+
+
+def emit(out: TextIO, rows: Iterable[Mapping[str, Any]], as_json: bool) -> int:
+    """Print entries (one per line, as JSON lines or readable); return how many."""
+    count = 0
+    for entry in rows:
+        out.write((orjson.dumps(entry, default=str).decode() if as_json else line(entry)) + "\n")
+        count += 1
+    out.flush()
+    return count
+
+
+def stream_entries(
+    client: redis.Redis, key: str, low: str = "-", high: str = "+"
+) -> Iterator[Entry]:
+    """Every entry of ``key`` between two ids, read page by page (a long stream is not one
+    reply, nor all in memory)."""
+    while True:
+        page = entries(client.xrange(key, low, high, count=PAGE))
+        yield from page
+        if len(page) < PAGE:
+            return
+        low = f"({as_str(page[-1][0])}"
+
+
+def fail(message: str) -> int:
+    """Report an error on stderr; the exit status of a failed command."""
+    sys.stderr.write(f"error: {message}\n")
+    return 2

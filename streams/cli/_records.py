@@ -1,0 +1,323 @@
+"""``tail``, ``show`` and ``replay``: look at a stream's records, and put them again."""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, TextIO, cast
+
+import redis
+
+from domain.errors import DecodeError
+from domain.ids import new_message_id
+from streams.cli._common import (
+    CommandError,
+    connect,
+    describe,
+    emit,
+    moment,
+    part_for,
+    partitions,
+    sort_key,
+    stream_entries,
+    stream_ref,
+)
+from streams.commit import Batch
+from streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
+from streams.keys import Kind, SubsystemKeys
+from streams.scripts import script
+
+_ENTRY_ID = re.compile(r"^\d+-\d+$")
+_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+Located = tuple[str, str, dict[bytes, bytes]]
+"""(stream key, entry id, raw fields) of one stored entry."""
+
+
+def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register tail, show and replay on the CLI's subcommands."""
+    tail = commands.add_parser(
+        "tail",
+        parents=parents,
+        help="print a stream's newest records, and follow new ones",
+        description="Print the newest records of SUBSYSTEM/KIND (over all its partitions, "
+        "in stream order), decoded; with --follow keep printing new ones until Ctrl-C.",
+    )
+    tail.add_argument("stream", type=stream_ref, help="SUBSYSTEM/KIND, e.g. email/events")
+    tail.add_argument(
+        "-n", "--count", type=int, default=None,
+        help="how many records to print first (default 10; with --since, all since then)",
+    )  # fmt: skip
+    tail.add_argument("--since", type=moment, help="start at this time (ms, ISO 8601, or 10m)")
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new records until Ctrl-C"
+    )
+    tail.set_defaults(func=tail_command)
+
+    show = commands.add_parser(
+        "show",
+        parents=parents,
+        help="show one record: its envelope, payload and handling by each concern",
+        description="Find a record of SUBSYSTEM/KIND by entry id (1700000000000-0), message "
+        "id (32 hex) or object id (its latest record), and print it with, for each consumer "
+        "group (concern), whether it was delivered, is pending, and its handling history.",
+    )
+    show.add_argument("stream", type=stream_ref, help="SUBSYSTEM/KIND the record is in")
+    show.add_argument("id", help="entry id, message id or object id of the record")
+    show.add_argument(
+        "--by", choices=("auto", "entry", "message", "object"), default="auto",
+        help="how to read ID (default: entry id if it looks like one, else message id if 32 "
+        "hex chars, else object id)",
+    )  # fmt: skip
+    show.set_defaults(func=show_command)
+
+    replay = commands.add_parser(
+        "replay",
+        parents=parents,
+        help="put a stream's records from a time on again, into it or another stream",
+        description="Read the records of SOURCE written in [--since, --until] and put each "
+        "again into --to (which may be SOURCE itself), in order. Message ids are kept, so "
+        "handlers' de-duplication makes a replay of already handled records change nothing; "
+        "--new-ids gives each a fresh id (its causation id names the original).",
+    )
+    replay.add_argument("stream", type=stream_ref, help="SOURCE stream, SUBSYSTEM/KIND")
+    replay.add_argument(
+        "--since", type=moment, required=True, help="replay records written at or after this"
+    )
+    replay.add_argument("--until", type=moment, help="and at or before this (default: now)")
+    replay.add_argument(
+        "--to", type=stream_ref, required=True,
+        help="target stream, SUBSYSTEM/KIND (say SOURCE again to replay into it)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--to-partitions", type=int, default=None,
+        help="partition count of the target (default: as detected for the target, else "
+        "the source's)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--new-ids", action="store_true", help="give replayed records fresh message ids"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="print what would be replayed; write nothing"
+    )
+    replay.set_defaults(func=replay_command)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def merged(streams: list[Iterator[Located]]) -> Iterator[Located]:
+    """Entries of several partitions in stream order."""
+    return heapq.merge(*streams, key=lambda e: sort_key(e[1]))
+
+
+def located(key: str, found: list[Entry]) -> Iterator[Located]:
+    """Entries of one stream key, with the key beside each."""
+    for entry_id, raw in found:
+        yield key, as_str(entry_id), raw
+
+
+def newest(client: redis.Redis, keys: SubsystemKeys, kind: Kind, count: int) -> list[Located]:
+    """The newest ``count`` entries over every partition, oldest first."""
+    found: list[Located] = []
+    for part in keys.all():
+        key = part.stream(kind)
+        found += located(key, entries(client.xrevrange(key, "+", "-", count=count)))
+    found.sort(key=lambda e: sort_key(e[1]))
+    return found[-count:] if count else []
+
+
+def since(
+    client: redis.Redis, keys: SubsystemKeys, kind: Kind, low_ms: int, high: str = "+"
+) -> Iterator[Located]:
+    """Entries written at or after ``low_ms`` (up to entry id ``high``), in stream order."""
+    streams = []
+    for part in keys.all():
+        key = part.stream(kind)
+        streams.append(located_pages(client, key, f"{low_ms}-0", high))
+    return merged(streams)
+
+
+def located_pages(client: redis.Redis, key: str, low: str, high: str) -> Iterator[Located]:
+    """``stream_entries`` with the key beside each entry."""
+    for entry_id, raw in stream_entries(client, key, low, high):
+        yield key, as_str(entry_id), raw
+
+
+def tail_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``tail``: the newest records, then (``--follow``) new ones until Ctrl-C."""
+    client = connect(args)
+    subsystem, kind = args.stream
+    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    if args.since is not None:
+        backlog: list[Located] = list(since(client, keys, kind, args.since))
+        if args.count is not None:
+            backlog = backlog[: args.count]
+    else:
+        backlog = newest(client, keys, kind, 10 if args.count is None else args.count)
+    emit(out, (describe(*e) for e in backlog), args.json)
+    if not args.follow:
+        return 0
+    cursors: dict[str, str] = {}
+    for part in keys.all():
+        key = part.stream(kind)
+        last = entries(client.xrevrange(key, "+", "-", count=1))
+        cursors[key] = as_str(last[0][0]) if last else "0-0"
+    try:
+        while True:
+            reply = client.xread(cast(Any, cursors), block=1000)
+            for raw_key, found in cast(list[tuple[bytes, list[Entry]]], reply or []):
+                key = as_str(raw_key)
+                for entry in located(key, found):
+                    cursors[key] = entry[1]
+                    emit(out, [describe(*entry)], args.json)
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- show ----------------------------------------------------------------------------------
+
+
+def find(
+    client: redis.Redis, keys: SubsystemKeys, kind: Kind, ident: str, by: str
+) -> Located | None:
+    """The entry ``ident`` names (entry id, message id, or object id's latest), or None."""
+    if by == "auto":
+        by = (
+            "entry"
+            if _ENTRY_ID.match(ident)
+            else "message"
+            if _MESSAGE_ID.match(ident)
+            else ("object")
+        )
+    if by == "entry":
+        for part in keys.all():
+            key = part.stream(kind)
+            for found in located(key, entries(client.xrange(key, ident, ident))):
+                return found
+        return None
+    if by == "object":
+        part = keys.for_object(ident)
+        key = part.stream(kind)
+        reply = script("latest").run_sync(client, [part.index(kind), key], [ident])
+        if not reply:
+            return None
+        entry_id, raw = script_entry(reply)
+        return key, as_str(entry_id), raw
+    for part in keys.all():
+        key = part.stream(kind)
+        for entry_id, raw in stream_entries(client, key):
+            if raw.get(b"id") == ident.encode():
+                return key, as_str(entry_id), raw
+    return None
+
+
+def concerns(client: redis.Redis, key: str, entry_id: str) -> list[dict[str, Any]]:
+    """Each consumer group (concern) of ``key``: did it get the entry, is it still pending."""
+    out = []
+    groups: list[dict[str, Any]] = client.xinfo_groups(key) if client.exists(key) else []
+    for group in groups:
+        name = as_str(group["name"])
+        last = as_str(group["last-delivered-id"])
+        pending = cast(
+            list[dict[str, Any]],
+            client.xpending_range(key, name, min=entry_id, max=entry_id, count=1),
+        )
+        row: dict[str, Any] = {
+            "concern": name,
+            "delivered": sort_key(entry_id) <= sort_key(last),
+            "pending": bool(pending),
+        }
+        if pending:
+            row["consumer"] = as_str(pending[0]["consumer"])
+            row["deliveries"] = pending[0]["times_delivered"]
+        out.append(row)
+    return out
+
+
+def show_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``show``: one record, and what each concern did with it."""
+    client = connect(args)
+    subsystem, kind = args.stream
+    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    found = find(client, keys, kind, args.id, args.by)
+    if found is None:
+        raise CommandError(
+            f"no record {args.id!r} in {subsystem}/{kind} (looked up by {args.by}); "
+            "try --by entry|message|object, or --partitions if the count was not detected"
+        )
+    record = describe(*found)
+    record["handling"] = concerns(client, found[0], found[1])
+    if args.json:
+        emit(out, [record], True)
+        return 0
+    emit(out, [record], False)
+    for row in record["handling"]:
+        state = "pending" if row["pending"] else "delivered" if row["delivered"] else "not yet"
+        extra = (
+            f" (consumer {row['consumer']}, {row['deliveries']} deliveries)"
+            if row["pending"]
+            else ""
+        )
+        out.write(f"  {row['concern']}: {state}{extra}\n")
+        for step in row.get("history", []):
+            out.write(f"    {step}\n")
+    if not record["handling"]:
+        out.write("  no consumer group reads this stream yet\n")
+    return 0
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+def replay_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``replay``: put a time range of a stream's records again, into it or another."""
+    client = connect(args)
+    subsystem, kind = args.stream
+    target_sub, target_kind = args.to
+    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    detected = partitions(client, target_sub, target_kind, args.to_partitions)
+    if args.to_partitions is None and target_sub == subsystem:
+        detected = max(detected, keys.partitions)
+    target = SubsystemKeys(target_sub, detected)
+    # Fix the end now: replaying into the source must not replay its own new entries.
+    high = f"{args.until}-18446744073709551615" if args.until is not None else "+"
+    ends = {p.stream(kind): _last_id(client, p.stream(kind)) for p in keys.all()}
+    replayed = skipped = 0
+    for key, entry_id, raw in since(client, keys, kind, args.since, high):
+        if ends[key] is None or sort_key(entry_id) > sort_key(cast(str, ends[key])):
+            continue
+        try:
+            envelope = parse(key, entry_id, raw)
+        except DecodeError as exc:
+            out.write(f"skipped {key} {entry_id}: {exc.reason}\n")
+            skipped += 1
+            continue
+        if args.new_ids:
+            envelope = replace(
+                envelope,
+                message_id=new_message_id(),
+                causation_id=envelope.message_id,
+                created_at=now_ms(),
+            )
+        if args.dry_run:
+            emit(out, [describe(key, entry_id, raw)], args.json)
+        else:
+            batch = Batch()
+            batch.put(part_for(target, envelope), target_kind, envelope)
+            batch.run_sync(client)
+        replayed += 1
+    verb = "would replay" if args.dry_run else "replayed"
+    out.write(
+        f"{verb} {replayed} records of {subsystem}/{kind} into {target_sub}/{target_kind}"
+        + (f"; skipped {skipped} unreadable" if skipped else "")
+        + "\n"
+    )
+    return 0
+
+
+def _last_id(client: redis.Redis, key: str) -> str | None:
+    last = entries(client.xrevrange(key, "+", "-", count=1))
+    return as_str(last[0][0]) if last else None
