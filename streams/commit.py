@@ -2,15 +2,25 @@
 
 Producers use a one-op batch for a put; aggregates use it for a versioned append; the bot
 packs everything a handler emitted plus the ack of its input into one batch. Either all of a
-batch is written or, when a check fails (version conflict, duplicate, status), none of it.
+batch is written or, when a check fails (version conflict, duplicate, status, ownership),
+none of it.
+
+Redis Cluster: a script may only touch keys of one slot. A batch built with ``home=`` (the
+partition whose keys the commit is for: the bot's input partition) routes every put, append
+or delay bound for another hash tag into ``home.outbox`` instead, in the same call. Each
+outbox entry holds the KEYS and ARGV of a one-op commit for the other slot and the output's
+message id; a relay runs it there, skipping ids it has forwarded before. On one server,
+batches are built without ``home`` and write every key directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
+import msgpack
 import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
@@ -31,6 +41,32 @@ class Gone(StreamError):
     """A batch tried to take a delayed entry that another writer already took."""
 
 
+class NotOwner(StreamError):
+    """A commit's input is no longer pending on the committing consumer.
+
+    Another bot took the entry over (XAUTOCLAIM after the visibility timeout) and will
+    commit it itself; this commit wrote nothing, so drop its result.
+    """
+
+    def __init__(self, stream: str, entry_id: str) -> None:
+        super().__init__(
+            f"entry {entry_id} of {stream!r} is no longer pending on this consumer; another "
+            "consumer took it over and will handle it (raise the visibility timeout if "
+            "handlers legitimately run this long)"
+        )
+        self.stream = stream
+        self.entry_id = entry_id
+
+
+def hash_tag(key: str) -> str:
+    """The ``{...}`` hash tag a key starts with (the whole key if it has none)."""
+    if key.startswith("{"):
+        end = key.find("}")
+        if end > 0:
+            return key[: end + 1]
+    return key
+
+
 class OnExisting(StrEnum):
     """What a put does when the stream already holds a record with the same object id."""
 
@@ -43,11 +79,27 @@ class OnExisting(StrEnum):
 class Batch:
     """Writes to apply together: build with the methods below, then ``run`` once."""
 
-    def __init__(self) -> None:
+    def __init__(self, home: PartitionKeys | None = None) -> None:
         self._keys: dict[str, int] = {}
         self._args: list[Any] = []
         self._status_context: dict[str, tuple[str, str]] = {}
         self.size = 0
+        self.home = home
+        """Set on a cluster: outputs for other hash tags go to ``home.outbox``."""
+
+    def _foreign(self, key: str) -> bool:
+        return self.home is not None and hash_tag(key) != self.home.tag
+
+    def _to_outbox(self, sub: Batch, message_id: str) -> int:
+        """Route a one-op batch for another slot into the home partition's outbox."""
+        assert self.home is not None
+        fields = [
+            "id", message_id, "tag", hash_tag(sub.keys[0]),
+            "keys", msgpack.packb(sub.keys), "args", msgpack.packb(sub._args),
+        ]  # fmt: skip
+        self._args += ["OUTBOX", self._key(self.home.outbox), len(fields), *fields]
+        self.size += 1
+        return self.size - 1
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -67,14 +119,23 @@ class Batch:
         on_existing: OnExisting = OnExisting.WRITE,
         keep: int = 1,
         maxlen: int = 0,
+        extra: Sequence[bytes | str | int] = (),
     ) -> int:
-        """Add a record to stream ``kind``, indexed by object id and tags; return its op index."""
+        """Add a record to stream ``kind``, indexed by object id and tags; return its op index.
+
+        ``extra`` adds field/value pairs beside the envelope's (the bot's attempt count).
+        """
         if on_existing is OnExisting.PRUNE and keep < 1:
             raise ConfigurationError(f"OnExisting.PRUNE must keep at least 1 record, not {keep}")
+        if self._foreign(keys.tag):
+            sub = Batch()
+            sub.put(keys, kind, envelope, on_existing=on_existing, keep=keep, maxlen=maxlen,
+                    extra=extra)  # fmt: skip
+            return self._to_outbox(sub, envelope.message_id)
         obj = envelope.object_id
         prune = on_existing is OnExisting.PRUNE and obj
         byid = self._key(keys.by_object(kind, obj)) if prune else 0
-        fields = envelope.fields()
+        fields = [*envelope.fields(), *extra]
         self._args += [
             "PUT", self._key(keys.stream(kind)), self._key(keys.index(kind)), byid,
             len(envelope.tags),
@@ -91,7 +152,15 @@ class Batch:
         envelopes: Sequence[Envelope],
         expected_version: int | None,
     ) -> int:
-        """Append events to an aggregate (and the subsystem's event stream) at a version."""
+        """Append events to an aggregate (and the subsystem's event stream) at a version.
+
+        Routed to the outbox on a cluster when the aggregate lives in another slot: the
+        relay's append then checks the version when it runs, not in this commit.
+        """
+        if self._foreign(keys.tag) and envelopes:
+            sub = Batch()
+            sub.append(keys, aggregate_id, envelopes, expected_version)
+            return self._to_outbox(sub, envelopes[0].message_id)
         self._args += [
             "APPEND", self._key(keys.aggregate(aggregate_id)), self._key(keys.versions),
             self._key(keys.aggregate_message_ids(aggregate_id)),
@@ -117,6 +186,11 @@ class Batch:
 
     def delay(self, zset: str, due_ms: int, member: bytes) -> None:
         """Schedule ``member`` (an encoded envelope) into a delayed set at ``due_ms``."""
+        if self._foreign(zset):
+            sub = Batch()
+            sub.delay(zset, due_ms, member)
+            self._to_outbox(sub, hashlib.blake2b(member, digest_size=16).hexdigest())
+            return
         self._args += ["DELAY", self._key(zset), due_ms, member]
         self.size += 1
 
@@ -155,6 +229,29 @@ class Batch:
         self._args += ["TAKE", self._key(zset), member]
         self.size += 1
 
+    def owns(self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Check that ``consumer`` still owns these pending entries, or write nothing.
+
+        Put it in every commit that acks a consumer-group entry: a bot whose entry was taken
+        over after the visibility timeout must not commit a second time.
+        """
+        self._args += ["OWNS", self._key(stream), group, consumer, len(entry_ids), *entry_ids]
+        self.size += 1
+
+    def touch(
+        self, stream: str, group: str, consumer: str, entry_ids: Sequence[str], idle_ms: int = 0
+    ) -> None:
+        """Reset the idle time of entries ``consumer`` still owns (to ``idle_ms``).
+
+        ``idle_ms=0`` keeps a long-running handler's claim past the visibility timeout; a
+        huge ``idle_ms`` hands the entries to the next XAUTOCLAIM at once. Replies with the
+        ids that were still owned.
+        """
+        self._args += [
+            "TOUCH", self._key(stream), group, consumer, idle_ms, len(entry_ids), *entry_ids,
+        ]  # fmt: skip
+        self.size += 1
+
     @property
     def keys(self) -> list[str]:
         """Every key the batch touches, in KEYS order."""
@@ -188,6 +285,8 @@ class Batch:
                 )
             if word == "GONE":
                 return Gone("the delayed entry was already moved by another bot")
+            if word == "NOTOWNER" and len(rest) >= 2:
+                return NotOwner(rest[0], rest[1])
             if word == "STATUS" and len(rest) >= 2:
                 concern, action = self._status_context.get(rest[0], ("", "set status"))
                 return InvalidTransition(rest[0], concern, rest[1], action)

@@ -23,6 +23,10 @@ class Delayed:
     envelope: Envelope
     on_existing: OnExisting = OnExisting.WRITE
     keep: int = 1
+    attempt: int = 0
+    """A retry's attempt number (0: not a retry); the mover writes it beside the envelope."""
+    concern: str = ""
+    """The one concern a retry is for (empty: every consumer of the stream)."""
 
     def pack(self) -> bytes:
         """Encode as a delayed-set member."""
@@ -32,17 +36,21 @@ class Delayed:
             e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
             e.fmt, self.on_existing.value, self.keep,
         ]  # fmt: skip
+        if self.attempt or self.concern:
+            fields += [self.attempt, self.concern]
         return msgpack.packb(fields)
 
     @classmethod
     def unpack(cls, member: bytes) -> Delayed:
         """Decode a delayed-set member."""
+        fields = msgpack.unpackb(member)
         (kind, type_, payload, schema, obj, mid, corr, cause, at, tags, fmt, on_existing, keep) = (
-            msgpack.unpackb(member)
+            fields[:13]
         )
+        attempt, concern = fields[13:15] if len(fields) >= 15 else (0, "")
         envelope = Envelope(
             type=type_, payload=payload, schema=schema, object_id=obj, message_id=mid,
             correlation_id=corr, causation_id=cause, created_at=at,
             tags=tuple((n, v) for n, v in tags), fmt=fmt,
         )  # fmt: skip
-        return cls(kind, envelope, OnExisting(on_existing), keep)
+        return cls(kind, envelope, OnExisting(on_existing), keep, attempt, concern)

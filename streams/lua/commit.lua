@@ -21,11 +21,24 @@
 --   ZREM   zset member
 --   TAKE   zset member                (remove member; if it is already gone, fail with GONE:
 --                                      another bot took it, so this batch must not run)
+--   OWNS   stream group consumer nid id...
+--          (check only: each entry is still pending in group AND owned by consumer; if not,
+--           fail with NOTOWNER: the entry was taken over by XAUTOCLAIM from a bot that was
+--           slower than the visibility timeout, and the new owner will commit it instead.
+--           Checked with the other preconditions, so a bot that lost its entry writes nothing)
+--   TOUCH  stream group consumer idle nid id...
+--          (for each entry still owned by consumer: XCLAIM it to itself with IDLE idle, JUSTID.
+--           idle 0 keeps a long-running handler's claim; a huge idle releases the entry so
+--           another bot's XAUTOCLAIM takes it at once. Entries owned by another are skipped)
+--   OUTBOX outbox nfield field...
+--          (XADD to the partition's outbox: an output bound for another cluster slot, encoded
+--           as the KEYS and ARGV of a commit there; a relay forwards it, de-duplicated by id)
 -- Returns: one reply per op, in order:
 --   PUT -> {entry_id, written}   APPEND -> {version, {entry_id...}, written}
---   others -> 1
+--   TOUCH -> {entry_id...} (the ones still owned)   OUTBOX -> entry_id   others -> 1
 -- Errors (nothing is written): "CONFLICT <aggid> <expected> <actual>",
---   "DUPLICATE <obj> <entry_id>", "STATUS <record> <current>", "GONE <member>".
+--   "DUPLICATE <obj> <entry_id>", "STATUS <record> <current>", "GONE <member>",
+--   "NOTOWNER <stream> <entry_id>".
 
 local ops = {}
 local i = 1
@@ -115,6 +128,20 @@ while i <= #ARGV do
       return redis.error_reply('GONE delayed entry already taken')
     end
     op.code = 'ZREM'
+  elseif code == 'OWNS' then
+    op.stream = key(); op.group = nxt(); op.consumer = nxt()
+    for _, id in ipairs(list(tonumber(nxt()), nxt)) do
+      -- pcall: a group that vanished (FLUSHALL) means the entry is not ours any more.
+      local found = redis.pcall('XPENDING', op.stream, op.group, id, id, 1, op.consumer)
+      if type(found) ~= 'table' or found.err or #found == 0 then
+        return redis.error_reply('NOTOWNER ' .. op.stream .. ' ' .. id)
+      end
+    end
+  elseif code == 'TOUCH' then
+    op.stream = key(); op.group = nxt(); op.consumer = nxt(); op.idle = nxt()
+    op.ids = list(tonumber(nxt()), nxt)
+  elseif code == 'OUTBOX' then
+    op.outbox = key(); op.fields = list(tonumber(nxt()), nxt)
   else
     return redis.error_reply('BADOP ' .. tostring(code))
   end
@@ -202,6 +229,20 @@ for _, op in ipairs(ops) do
   elseif code == 'ZREM' then
     redis.call('ZREM', op.zset, op.member)
     replies[#replies + 1] = 1
+  elseif code == 'OWNS' then
+    replies[#replies + 1] = 1
+  elseif code == 'TOUCH' then
+    local kept = {}
+    for _, id in ipairs(op.ids) do
+      local found = redis.pcall('XPENDING', op.stream, op.group, id, id, 1, op.consumer)
+      if type(found) == 'table' and not found.err and #found > 0 then
+        redis.call('XCLAIM', op.stream, op.group, op.consumer, 0, id, 'IDLE', op.idle, 'JUSTID')
+        kept[#kept + 1] = id
+      end
+    end
+    replies[#replies + 1] = kept
+  elseif code == 'OUTBOX' then
+    replies[#replies + 1] = redis.call('XADD', op.outbox, '*', unpack(op.fields))
   end
 end
 return replies
