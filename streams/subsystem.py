@@ -99,7 +99,10 @@ class Subsystem:
             if maxlen is not None:
                 removed += int(await self.client.xtrim(key, maxlen=maxlen, approximate=False))
             if max_age_ms is not None or older_than is not None:
-                server_ms = int((await self.client.time())[0]) * 1000
+                # TIME is (seconds, microseconds): both parts, or the cutoff rounds down to
+                # the second and keeps entries up to a second older than asked.
+                seconds, micros = await self.client.time()
+                server_ms = int(seconds) * 1000 + int(micros) // 1000
                 cutoff = to_ms(older_than, server_ms - (max_age_ms or 0))
                 removed += int(await self.client.xtrim(key, minid=f"{cutoff}-0", approximate=False))
         return removed
