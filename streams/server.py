@@ -121,12 +121,15 @@ class LocalServer:
         # Stop first (so reading stderr cannot block on a live process), but read the log
         # before stop() removes the directory holding it.
         tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        code = self.process.poll()
+        # An exit code says the server refused to run (bad option, missing file); none says
+        # it ran but never answered.
+        why = f"exited with code {code}" if code is not None else f"no answer in {timeout:g}s"
         self._terminate()
         stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
         self.stop()
         raise ServerUnavailable(
-            f"{self.binary} did not start within {timeout:.0f}s: {(stderr + tail).strip()!r}; "
-            f"{INSTALL_HINT}"
+            f"{self.binary} did not start ({why}): {(stderr + tail).strip()!r}; {INSTALL_HINT}"
         )
 
     def _terminate(self, timeout: float = 5.0) -> None:
