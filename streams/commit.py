@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import redis
 import redis.asyncio
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from domain.errors import (
     ConcurrencyConflict,
@@ -271,6 +271,10 @@ class Batch:
         except ResponseError as exc:
             raise self._error(exc) from None
 
+    def error(self, exc: ResponseError) -> Exception:
+        """The framework error a failed run of this batch means (ConcurrencyConflict...)."""
+        return self._error(exc)
+
     def _error(self, exc: ResponseError) -> Exception:
         words = str(exc).split()
         # Servers may prefix script errors with their own text; find our code word.
@@ -291,3 +295,40 @@ class Batch:
                 concern, action = self._status_context.get(rest[0], ("", "set status"))
                 return InvalidTransition(rest[0], concern, rest[1], action)
         return StreamError(f"commit failed: {exc}")
+
+
+async def run_many(
+    client: redis.asyncio.Redis, batches: Sequence[Batch]
+) -> list[list[Any] | Exception]:
+    """Run several batches in one network round trip, each its own atomic script call.
+
+    Returns, per batch and in order, its replies or the error it failed with (one batch's
+    conflict does not stop the others). The bot commits many handlers' results this way.
+    """
+    if not batches:
+        return []
+    commit = script("commit")
+    replies: list[Any] = [None] * len(batches)
+    todo = list(range(len(batches)))
+    for _attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for at in todo:
+            keys = batches[at].keys
+            pipe.evalsha(commit.sha, len(keys), *keys, *batches[at]._args)
+        for at, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+            replies[at] = reply
+        # A restarted or flushed script cache: NOSCRIPT means that call did nothing, so
+        # load the script once and run just those again.
+        todo = [at for at in todo if isinstance(replies[at], NoScriptError)]
+        if not todo:
+            break
+        await client.script_load(commit.source)
+    out: list[list[Any] | Exception] = []
+    for batch, reply in zip(batches, replies, strict=True):
+        if isinstance(reply, ResponseError):
+            out.append(batch.error(reply))
+        elif isinstance(reply, Exception):
+            out.append(reply)
+        else:
+            out.append(list(reply))
+    return out

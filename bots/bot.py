@@ -1,0 +1,350 @@
+"""The bot: runs an app's handlers over their consumer groups in one process.
+
+Per source (one consumer group on one stream partition) a reader asks XREADGROUP for as
+many entries as there are free handler slots (``concurrency`` over the whole process), claims
+them in the handling store, and starts one task per entry. A handler's outputs, its record's
+new status and the XACK of its input are one ``commit.lua`` call, guarded by OWNS (the entry
+is still pending on this consumer), so a crash before the commit redelivers the input with
+nothing of the first attempt visible, and nothing is ever committed twice. Commits of many
+handlers share a network round trip (``bots.committer``).
+
+Failures are retried through the delayed set with exponential backoff; after the last attempt
+the record is Failed and dead-lettered. Bad input is dead-lettered at once. Background tasks
+move due delayed entries, take over entries of dead bots, keep long handlers' claims alive
+and tidy dead consumers; ``stop`` drains in-flight work within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bots import recovery
+from bots.committer import Committer
+from bots.config import BotConfig
+from bots.delayed import Mover
+from bots.logging import entry_logger, get_logger
+from bots.outcomes import Outcomes
+from bots.source import Delivery, Source, Verdict, sources
+from bots.tracking import Tracker
+from domain.errors import ConcurrencyConflict
+from handlers.registry import App
+from streams.commit import NotOwner
+from streams.connection import Settings
+from streams.envelope import Entry, as_str
+from streams.keys import SubsystemKeys
+
+NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Bot:
+    """One process's worth of consumers for ``app`` (see the module docstring)."""
+
+    def __init__(
+        self, app: App, config: BotConfig, client: redis.asyncio.Redis | None = None
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.client = client or Settings(url=config.url).async_client()
+        self.consumer = config.consumer_name()
+        self.log = get_logger(app=app.name, consumer=self.consumer)
+        self.sources = sources(app, config.only)
+        self.trackers = {
+            (s.ref, s.concern): Tracker(self.client, s.keys, s.ref.kind, s.concern)
+            for s in self.sources
+        }
+        keys_of = {name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()}
+        self.committer = Committer(self.client, self.log)
+        self.outcomes = Outcomes(config, self.consumer, self.client, keys_of, self.log)
+        self.mover = Mover(
+            self.client,
+            {(s.part, s.ref.kind) for s in self.sources},
+            interval=config.mover_interval,
+            log=self.log,
+        )
+        self.stopping = asyncio.Event()
+        self.handled = 0
+        self._reserved = 0
+        self._room = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[tuple[str, str], tuple[Source, float]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; ``run`` then drains in-flight work and returns."""
+        if not self.stopping.is_set():
+            self.log.info("stopping", in_flight=len(self._tasks))
+        self.stopping.set()
+        self._room.set()
+
+    async def run(self) -> None:
+        """Consume until ``stop``; then finish (or release) in-flight work and return."""
+        if not self.sources:
+            self.log.warning("no handlers to run", only=list(self.config.only))
+        for source in self.sources:
+            await self._ensure_group(source)
+        self.log.info("started", sources=[str(s) for s in self.sources])
+        committer = asyncio.create_task(self.committer.run())
+        background = [
+            *(asyncio.create_task(self._read(source)) for source in self.sources),
+            asyncio.create_task(self.mover.run(self.stopping)),
+            asyncio.create_task(self._recover()),
+        ]
+        try:
+            await self.stopping.wait()
+        finally:
+            self.stopping.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._drain()
+            self.committer.close()
+            await committer
+            self.log.info("stopped", handled=self.handled)
+
+    async def _drain(self) -> None:
+        """Let in-flight handlers finish within the grace period; release the rest."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.config.grace)
+        if not self._tasks:
+            return
+        left = list(self._inflight.items())
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        by_source: dict[str, tuple[Source, list[str]]] = {}
+        for (_key, entry_id), (source, _) in left:
+            by_source.setdefault(str(source), (source, []))[1].append(entry_id)
+        for source, ids in by_source.values():
+            try:
+                released = await recovery.release(self.client, source, self.consumer, ids)
+                self.log.warning("released unfinished entries", source=str(source), ids=released)
+            except (*NETWORK_ERRORS, ResponseError) as exc:
+                self.log.warning("could not release entries", source=str(source), error=str(exc))
+
+    async def _ensure_group(self, source: Source) -> None:
+        pause = 0.1
+        while not self.stopping.is_set():
+            try:
+                if await recovery.ensure_group(self.client, source):
+                    self.log.info("created consumer group", source=str(source))
+                return
+            except NETWORK_ERRORS:
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _reserve(self) -> int:
+        """Wait for free handler slots; reserve up to one batch of them."""
+        while not self.stopping.is_set():
+            free = self.config.concurrency - self._reserved
+            if free > 0:
+                n = min(free, self.config.batch)
+                self._reserved += n
+                return n
+            self._room.clear()
+            await self._room.wait()
+        return 0
+
+    def _unreserve(self, n: int) -> None:
+        self._reserved -= n
+        self._room.set()
+
+    async def _read(self, source: Source) -> None:
+        """Read new entries of one source and start their handlers, until stopping."""
+        pause = 0.1
+        while not self.stopping.is_set():
+            room = await self._reserve()
+            if not room:
+                break
+            try:
+                reply = await self.client.xreadgroup(
+                    source.group,
+                    self.consumer,
+                    {source.key: ">"},
+                    count=room,
+                    block=self.config.block_ms,
+                )
+                pause = 0.1
+                # Without RESP3 the reply is [[key, [(id, fields), ...]]] (one stream read).
+                found = cast(list[Entry], cast(list[Any], reply)[0][1]) if reply else []
+                await self._dispatch(source, found, room, reclaim=False)
+            except ResponseError as exc:
+                self._unreserve(room)
+                if not recovery.is_nogroup(exc):
+                    raise
+                self.log.warning("consumer group is gone; recreating it", source=str(source))
+                await self._ensure_group(source)
+            except NETWORK_ERRORS as exc:
+                self._unreserve(room)
+                self.log.warning("lost the server; retrying", error=str(exc), pause_s=pause)
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _dispatch(
+        self, source: Source, found: Sequence[Entry], reserved: int, *, reclaim: bool
+    ) -> None:
+        """Classify entries, claim the ones to handle, start their tasks; free unused slots."""
+        # An entry this bot is still running (its claim lapsed and XAUTOCLAIM handed it back
+        # to us) must not start twice.
+        deliveries = [
+            source.classify(as_str(eid), raw)
+            for eid, raw in found
+            if (source.key, as_str(eid)) not in self._inflight
+        ]
+        to_handle = [d for d in deliveries if d.verdict is Verdict.HANDLE]
+        tracker = self.trackers[(source.ref, source.concern)]
+        try:
+            claims = await tracker.claim(
+                [(d.message_id, d.envelope.object_id if d.envelope else "") for d in to_handle],
+                actor=self.consumer,
+                reclaim=reclaim,
+            )
+        except BaseException:
+            self._unreserve(reserved)
+            raise
+        claimed = iter(claims)
+        started = 0
+        for delivery in deliveries:
+            if delivery.verdict is Verdict.HANDLE and not next(claimed):
+                delivery.verdict = Verdict.SKIP
+            if delivery.verdict is Verdict.HANDLE:
+                started += 1
+            self._start(delivery)
+        # Skips and dead letters are quick acks: they hold no slot while they commit.
+        self._unreserve(reserved - started)
+
+    def _start(self, delivery: Delivery) -> None:
+        source = delivery.source
+        self._inflight[(source.key, delivery.entry_id)] = (source, time.monotonic())
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- handling ----------------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        """Run one delivery to its commit (or drop it if another bot took it over)."""
+        source = delivery.source
+        holds_slot = delivery.verdict is Verdict.HANDLE
+        log = entry_logger(
+            self.log,
+            subsystem=source.ref.subsystem,
+            stream=source.key,
+            message_id=delivery.message_id,
+            correlation_id=delivery.envelope.correlation_id if delivery.envelope else "",
+        )
+        tracker = self.trackers[(source.ref, source.concern)]
+        try:
+            for _ in range(self.config.conflict_retries + 1):
+                batch = await self.outcomes.attempt(delivery, tracker, log)
+                try:
+                    await self._commit(batch)
+                except ConcurrencyConflict as exc:
+                    log.info("version conflict; running the handler again", error=str(exc))
+                    continue
+                break
+            else:
+                failed = await self.outcomes.give_up_conflicts(delivery, tracker, log)
+                await self._commit(failed)
+            self.handled += delivery.verdict is Verdict.HANDLE
+        except NotOwner:
+            log.warning("entry was taken over by another consumer; dropping this result")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let one entry kill the bot: it stays pending, to be retried
+            log.exception("could not commit; the entry stays pending for recovery")
+        finally:
+            self._inflight.pop((source.key, delivery.entry_id), None)
+            if holds_slot:
+                self._unreserve(1)
+
+    async def _commit(self, batch: Any) -> None:
+        """Commit through the committer; re-send after network trouble (OWNS makes it safe)."""
+        pause = 0.1
+        for _ in range(8):
+            try:
+                await self.committer.commit(batch)
+                return
+            except NETWORK_ERRORS:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        await self.committer.commit(batch)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Every third of the visibility timeout: keep own claims, take over dead ones."""
+        tick = max(0.05, self.config.visibility_timeout / 3)
+        last_tidy = time.monotonic()
+        while not self.stopping.is_set():
+            await self._pause(tick)
+            if self.stopping.is_set():
+                break
+            try:
+                await self._keep_claims(tick)
+                for source in self.sources:
+                    await self._take_over(source)
+                if time.monotonic() - last_tidy > min(60.0, self.config.dead_consumer_after):
+                    last_tidy = time.monotonic()
+                    for source in self.sources:
+                        await recovery.remove_dead_consumers(
+                            self.client, source, self.consumer,
+                            int(self.config.dead_consumer_after * 1000),
+                        )  # fmt: skip
+            except ResponseError as exc:
+                if not recovery.is_nogroup(exc):
+                    self.log.error("recovery failed", error=str(exc))
+                # A missing group is recreated by its reader.
+            except NETWORK_ERRORS as exc:
+                self.log.warning("recovery lost the server", error=str(exc))
+
+    async def _keep_claims(self, older_than: float) -> None:
+        now = time.monotonic()
+        by_source: dict[str, tuple[Source, list[str]]] = {}
+        for (_key, entry_id), (source, started) in list(self._inflight.items()):
+            if now - started >= older_than:
+                by_source.setdefault(str(source), (source, []))[1].append(entry_id)
+        for source, ids in by_source.values():
+            await recovery.keep(self.client, source, self.consumer, ids)
+
+    async def _take_over(self, source: Source) -> None:
+        cursor = "0-0"
+        for _ in range(100):  # bounded: a huge backlog is taken over across ticks
+            room = await self._reserve()
+            if not room:
+                return
+            try:
+                cursor, found, deleted = await recovery.take_over(
+                    self.client,
+                    source,
+                    self.consumer,
+                    min_idle_ms=self.config.visibility_ms,
+                    count=room,
+                    start=cursor,
+                )
+            except BaseException:
+                self._unreserve(room)
+                raise
+            if found or deleted:
+                self.log.info(
+                    "took over entries", source=str(source), count=len(found), trimmed=deleted
+                )
+            await self._dispatch(source, found, room, reclaim=True)
+            if cursor == "0-0":
+                return
+
+
+__all__ = ["Bot"]

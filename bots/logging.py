@@ -1,0 +1,60 @@
+"""Structured logs for bot processes: JSON lines when piped, readable console on a terminal.
+
+Every line a bot writes about an entry is bound with subsystem, stream, message id and
+correlation id (see ``entry_logger``), so one conversation can be followed across bots with
+a grep on its correlation id.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure(level: str = "info", *, json: bool | None = None) -> None:
+    """Set up structlog for this process; ``json`` defaults to "stdout is not a terminal"."""
+    as_json = not sys.stdout.isatty() if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    """The bot runtime's logger, with ``bound`` fields on every line."""
+    return structlog.get_logger("streamcqrs.bots").bind(**bound)
+
+
+def entry_logger(
+    base: Any, *, subsystem: str, stream: str, message_id: str, correlation_id: str
+) -> Any:
+    """``base`` bound with the four fields every line about one entry carries."""
+    return base.bind(
+        subsystem=subsystem,
+        stream=stream,
+        message_id=message_id,
+        correlation_id=correlation_id or message_id,
+    )
+
+
+__all__ = ["LEVELS", "configure", "entry_logger", "get_logger"]

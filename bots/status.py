@@ -1,0 +1,106 @@
+"""``python -m bots status``: how far each consumer group of an app is, and what is stuck.
+
+Per stream partition and consumer group: the stream's length, the lag (entries not yet
+delivered to the group), the pending entries (delivered, not yet acked), the age of the
+oldest pending one, the entries waiting in the delayed set, and the dead letters of the
+stream's subsystem partition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from bots.source import Source, sources
+from bots.supervisor import load_app
+from handlers.registry import App
+from streams.connection import Settings
+from streams.envelope import as_str
+from streams.keys import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """One consumer group on one stream partition."""
+
+    stream: str
+    group: str
+    length: int
+    lag: int | None
+    pending: int
+    oldest_pending_s: float | None
+    consumers: int
+    delayed: int
+    dead_letters: int
+
+
+def _ms_of(entry_id: Any) -> int:
+    return int(as_str(entry_id).partition("-")[0])
+
+
+def group_status(client: redis.Redis, source: Source) -> GroupStatus:
+    """The figures of one source (a missing stream or group reads as empty)."""
+    length = int(client.xlen(source.key))
+    delayed = int(client.zcard(source.part.delayed(source.ref.kind)))
+    dead = int(client.xlen(source.part.stream(Kind.DEAD_LETTERS)))
+    lag: int | None = length
+    pending, consumers, oldest = 0, 0, None
+    try:
+        groups = client.xinfo_groups(source.key)
+    except ResponseError:  # no such stream yet
+        groups = []
+    for info in groups:
+        if as_str(info["name"]) != source.group:
+            continue
+        raw_lag = info.get("lag")
+        lag = None if raw_lag is None else int(raw_lag)
+        pending, consumers = int(info["pending"]), int(info["consumers"])
+        if pending:
+            first = client.xpending_range(source.key, source.group, "-", "+", 1)
+            if first:
+                oldest = max(0.0, time.time() - _ms_of(first[0]["message_id"]) / 1000)
+        break
+    return GroupStatus(
+        source.key, source.group, length, lag, pending,
+        None if oldest is None else round(oldest, 3), consumers, delayed, dead,
+    )  # fmt: skip
+
+
+def app_status(client: redis.Redis, app: App) -> list[GroupStatus]:
+    """Every group of ``app``, in a stable order."""
+    return [group_status(client, source) for source in sources(app)]
+
+
+def render(rows: list[GroupStatus]) -> str:
+    """The rows as an aligned text table."""
+    head = ("stream", "group", "length", "lag", "pending", "oldest_s", "consumers", "delayed",
+            "dead")  # fmt: skip
+    body = [
+        (r.stream, r.group, str(r.length), "?" if r.lag is None else str(r.lag), str(r.pending),
+         "" if r.oldest_pending_s is None else f"{r.oldest_pending_s:.1f}", str(r.consumers),
+         str(r.delayed), str(r.dead_letters))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in [head, *body])  # fmt: skip
+
+
+def main(app_spec: str, url: str | None, *, as_json: bool = False) -> int:
+    """Print the status of ``app_spec``'s groups; return the exit status."""
+    app = load_app(app_spec)
+    client = Settings(url=url).client()
+    try:
+        rows = app_status(client, app)
+    finally:
+        client.close()
+    print(json.dumps([asdict(r) for r in rows], indent=2) if as_json else render(rows))
+    return 0
+
+
+__all__ = ["GroupStatus", "app_status", "group_status", "main", "render"]
