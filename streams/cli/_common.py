@@ -125,9 +125,11 @@ def moment(text: str) -> int:
 def partitions(client: redis.Redis, subsystem: str, kind: Kind, given: int | None) -> int:
     """The partition count to use: ``given``, else one past the highest partition with data.
 
-    Reading more partitions than exist reads nothing extra, so detection is safe for reads;
-    writes place records by ``crc32(object id) % P`` and need the real count when the
-    highest partitions happen to be empty (pass ``--partitions``).
+    Detection looks at every stream kind of the subsystem, not only ``kind``. Reading more
+    partitions than exist reads nothing extra, so it is safe for reads of what is stored;
+    but a partition none of whose streams holds data yet is not seen, so following new
+    records and writing (records go to ``crc32(object id) % P``) need ``--partitions``
+    when the highest partitions may still be empty.
     """
     if given is not None:
         if given < 1:
@@ -135,7 +137,8 @@ def partitions(client: redis.Redis, subsystem: str, kind: Kind, given: int | Non
         return given
     pipe = client.pipeline(transaction=False)
     for number in range(MAX_PARTITIONS):
-        pipe.exists(PartitionKeys(subsystem, number).stream(kind))
+        part = PartitionKeys(subsystem, number)
+        pipe.exists(*(part.stream(each) for each in Kind))
     found = [n for n, exists in enumerate(pipe.execute()) if exists]
     return found[-1] + 1 if found else 1
 

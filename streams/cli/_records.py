@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, TextIO, cast
@@ -50,10 +51,12 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "-n", "--count", type=int, default=None,
         help="how many records to print first (default 10; with --since, all since then)",
     )  # fmt: skip
-    tail.add_argument("--since", type=moment, help="start at this time (ms, ISO 8601, or 10m)")
     tail.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new records until Ctrl-C"
-    )
+        "-f", "--follow", action="store_true",
+        help="keep printing new records until Ctrl-C (give --partitions: a partition with "
+        "no data yet is not detected)",
+    )  # fmt: skip
+    tail.add_argument("--since", type=moment, help="start at this time (ms, ISO 8601, or 10m)")
     tail.set_defaults(func=tail_command)
 
     show = commands.add_parser(
@@ -62,7 +65,8 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="show one record: its envelope, payload and handling by each concern",
         description="Find a record of SUBSYSTEM/KIND by entry id (1700000000000-0), message "
         "id (32 hex) or object id (its latest record), and print it with, for each consumer "
-        "group (concern), whether it was delivered, is pending, and its handling history.",
+        "group (concern), whether the group has read it, is still handling it (pending), "
+        "and its handling history.",
     )
     show.add_argument("stream", type=stream_ref, help="SUBSYSTEM/KIND the record is in")
     show.add_argument("id", help="entry id, message id or object id of the record")
@@ -70,6 +74,11 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--by", choices=("auto", "entry", "message", "object"), default="auto",
         help="how to read ID (default: entry id if it looks like one, else message id if 32 "
         "hex chars, else object id)",
+    )  # fmt: skip
+    show.add_argument(
+        "--partition", type=int, default=None,
+        help="look for an entry id in this partition only (the same entry id can be in "
+        "several partitions)",
     )  # fmt: skip
     show.set_defaults(func=show_command)
 
@@ -119,12 +128,14 @@ def located(key: str, found: list[Entry]) -> Iterator[Located]:
         yield key, as_str(entry_id), raw
 
 
-def newest(client: redis.Redis, keys: SubsystemKeys, kind: Kind, count: int) -> list[Located]:
-    """The newest ``count`` entries over every partition, oldest first."""
+def newest(
+    client: redis.Redis, keys: SubsystemKeys, kind: Kind, count: int, ends: dict[str, str]
+) -> list[Located]:
+    """The newest ``count`` entries up to ``ends`` (per stream key), oldest first."""
     found: list[Located] = []
     for part in keys.all():
         key = part.stream(kind)
-        found += located(key, entries(client.xrevrange(key, "+", "-", count=count)))
+        found += located(key, entries(client.xrevrange(key, ends[key], "-", count=count)))
     found.sort(key=lambda e: sort_key(e[1]))
     return found[-count:] if count else []
 
@@ -151,20 +162,28 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
     client = connect(args)
     subsystem, kind = args.stream
     keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    # Fix where the backlog ends before reading it: following starts exactly there, so a
+    # record written meanwhile is printed once, by the follow loop.
+    ends = {p.stream(kind): _last_id(client, p.stream(kind)) or "0-0" for p in keys.all()}
     if args.since is not None:
-        backlog: list[Located] = list(since(client, keys, kind, args.since))
+        backlog: list[Located] = [
+            e
+            for e in since(client, keys, kind, args.since)
+            if sort_key(e[1]) <= sort_key(ends[e[0]])
+        ]
         if args.count is not None:
             backlog = backlog[: args.count]
     else:
-        backlog = newest(client, keys, kind, 10 if args.count is None else args.count)
+        backlog = newest(client, keys, kind, 10 if args.count is None else args.count, ends)
     emit(out, (describe(*e) for e in backlog), args.json)
     if not args.follow:
         return 0
-    cursors: dict[str, str] = {}
-    for part in keys.all():
-        key = part.stream(kind)
-        last = entries(client.xrevrange(key, "+", "-", count=1))
-        cursors[key] = as_str(last[0][0]) if last else "0-0"
+    if args.partitions is None:
+        sys.stderr.write(
+            f"following {keys.partitions} partition(s) of {subsystem} (detected); pass "
+            "--partitions if it has more\n"
+        )
+    cursors = dict(ends)
     try:
         while True:
             reply = client.xread(cast(Any, cursors), block=1000)
@@ -181,7 +200,13 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def find(
-    client: redis.Redis, keys: SubsystemKeys, kind: Kind, ident: str, by: str
+    client: redis.Redis,
+    keys: SubsystemKeys,
+    kind: Kind,
+    ident: str,
+    by: str,
+    *,
+    partition: int | None = None,
 ) -> Located | None:
     """The entry ``ident`` names (entry id, message id, or object id's latest), or None."""
     if by == "auto":
@@ -193,11 +218,20 @@ def find(
             else ("object")
         )
     if by == "entry":
-        for part in keys.all():
-            key = part.stream(kind)
-            for found in located(key, entries(client.xrange(key, ident, ident))):
-                return found
-        return None
+        # Each partition numbers its entries by its own clock: one id may be in several.
+        found = [
+            each
+            for part in (keys.all() if partition is None else [keys.partition(partition)])
+            for each in located(
+                part.stream(kind), entries(client.xrange(part.stream(kind), ident, ident))
+            )
+        ]
+        if len(found) > 1:
+            where = ", ".join(key for key, _, _ in found)
+            raise CommandError(
+                f"entry {ident} is in several partitions ({where}); pass --partition N"
+            )
+        return found[0] if found else None
     if by == "object":
         part = keys.for_object(ident)
         key = part.stream(kind)
@@ -215,7 +249,10 @@ def find(
 
 
 def concerns(client: redis.Redis, key: str, entry_id: str) -> list[dict[str, Any]]:
-    """Each consumer group (concern) of ``key``: did it get the entry, is it still pending."""
+    """Each consumer group (concern) of ``key``: has it read the entry, is it still pending.
+
+    A group created after the entry (at ``$``) counts as having read it: it never will.
+    """
     out = []
     groups: list[dict[str, Any]] = client.xinfo_groups(key) if client.exists(key) else []
     for group in groups:
@@ -227,7 +264,7 @@ def concerns(client: redis.Redis, key: str, entry_id: str) -> list[dict[str, Any
         )
         row: dict[str, Any] = {
             "concern": name,
-            "delivered": sort_key(entry_id) <= sort_key(last),
+            "read": sort_key(entry_id) <= sort_key(last),
             "pending": bool(pending),
         }
         if pending:
@@ -242,7 +279,7 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
     client = connect(args)
     subsystem, kind = args.stream
     keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
-    found = find(client, keys, kind, args.id, args.by)
+    found = find(client, keys, kind, args.id, args.by, partition=args.partition)
     if found is None:
         raise CommandError(
             f"no record {args.id!r} in {subsystem}/{kind} (looked up by {args.by}); "
@@ -255,7 +292,7 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     emit(out, [record], False)
     for row in record["handling"]:
-        state = "pending" if row["pending"] else "delivered" if row["delivered"] else "not yet"
+        state = "pending" if row["pending"] else "read" if row["read"] else "not read yet"
         extra = (
             f" (consumer {row['consumer']}, {row['deliveries']} deliveries)"
             if row["pending"]

@@ -1,0 +1,313 @@
+"""``python -m streams``, run as a subprocess against a real server, as an operator would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams import Kind, Subsystem, SubsystemKeys
+from streams.cli import build_parser
+from tests.conftest import Backend
+from tests.messages import Ping
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 60
+COMMANDS = ("tail", "show", "replay", "acl")
+
+
+def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m streams ARGS`` from the repository root; REDIS_URL only if given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    if url is not None:
+        env["REDIS_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a ``--json`` output, one per line."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def shop(real: Backend) -> Subsystem:
+    """A subsystem with three partitions on a flushed real server."""
+    return real.subsystem("shop", partitions=3)
+
+
+def put_pings(
+    run: Callable[[Any], Any], shop: Subsystem, count: int, kind: str = "client-ops"
+) -> None:
+    """Put Ping(n=0..count-1) with object ids o0.. and a tag, one at a time (in order)."""
+
+    async def scenario() -> None:
+        for n in range(count):
+            await shop.writer(kind).put(Ping(n=n), object_id=f"o{n}", tags={"who": "ann"})
+
+    run(scenario())
+
+
+def test_help_describes_every_command_and_argument() -> None:
+    """``--help`` names every command, and every argument of every command has help text."""
+    result = cli("--help")
+    assert 0 == result.returncode
+    for command in COMMANDS:
+        assert command in result.stdout
+    parser = build_parser()
+    missing = []
+    for sub in _subparsers(parser):
+        for action in sub._actions:
+            skip = isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+            if not skip and not action.help:
+                missing.append(f"{sub.prog} {action.dest}")
+    assert [] == missing
+    for command in COMMANDS:
+        assert 0 == cli(command, "--help").returncode
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _subparsers(sub)
+
+
+def test_without_a_server_the_cli_says_how_to_get_one() -> None:
+    """With no --url and no REDIS_URL, a command fails with a message naming both."""
+    result = cli("tail", "shop/events")
+    assert 2 == result.returncode
+    assert "REDIS_URL" in result.stderr
+    assert "--url" in result.stderr
+
+
+def test_tail_prints_the_newest_records_decoded(
+    real: Backend, shop: Subsystem, run: Callable[[Any], Any]
+) -> None:
+    """tail -n 3 prints the three newest records over all partitions, oldest first, with
+    their payload unpacked even when the CLI has no model for the type."""
+    url = real.url or ""
+    put_pings(run, real.subsystem("one"), 12)
+    result = cli("tail", "one/client-ops", "-n", "3", "--json", "--url", url)
+    assert 0 == result.returncode, result.stderr
+    rows = json_lines(result.stdout)
+    assert [9, 10, 11] == [r["data"]["n"] for r in rows]
+    assert ["test.Ping"] * 3 == [r["type"] for r in rows]
+    assert [["who", "ann"]] == rows[0]["tags"]
+    text = cli("tail", "one/client-ops", "--url", url)
+    assert 10 == len(text.stdout.splitlines())
+    assert "obj=o11" in text.stdout.splitlines()[-1]
+    # Over partitions: entries of one millisecond in two partitions have no order between
+    # them, so compare what was printed, not in which order.
+    put_pings(run, shop, 12)
+    everything = json_lines(
+        cli("tail", "shop/client-ops", "-n", "50", "--json", "--url", url).stdout
+    )
+    assert set(range(12)) == {r["data"]["n"] for r in everything}
+    assert 12 == len(everything)
+    assert 3 == len({r["stream"] for r in everything})
+
+
+def test_tail_follow_prints_new_records_until_ctrl_c(
+    real: Backend, shop: Subsystem, run: Callable[[Any], Any]
+) -> None:
+    """tail --follow prints the backlog, then each new record once, and exits 0 on Ctrl-C."""
+    put_pings(run, shop, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams", "tail", "shop/client-ops", "-n", "1", "--follow",
+         "--json", "--partitions", "3", "--url", real.url or ""],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = _reader(proc)
+    try:
+        first = _read_lines(lines, 1)
+
+        async def more() -> None:
+            for n in (100, 101):
+                await shop.writer("client-ops").put(Ping(n=n), object_id=f"new{n}")
+
+        run(more())
+        followed = _read_lines(lines, 2)
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+    assert [0] == [json.loads(line)["data"]["n"] for line in first]
+    assert [100, 101] == [json.loads(line)["data"]["n"] for line in followed]
+    assert 0 == status
+
+
+def _read_lines(lines: queue.Queue[str], count: int) -> list[str]:
+    """``count`` lines from a reader thread's queue, waiting at most TIMEOUT seconds in all."""
+    deadline = time.monotonic() + TIMEOUT
+    got: list[str] = []
+    while len(got) < count:
+        try:
+            got.append(lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+        except queue.Empty:
+            raise AssertionError(f"tail printed {got} and then nothing for {TIMEOUT}s") from None
+    return got
+
+
+def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """A queue that a daemon thread fills with the process's stdout lines (no select on a
+    buffered pipe: a line already in the buffer would never make the pipe readable)."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    return lines
+
+
+def test_show_finds_a_record_by_entry_message_and_object_id(
+    real: Backend, shop: Subsystem, run: Callable[[Any], Any]
+) -> None:
+    """show finds the same record by its object id, message id and entry id, and says for
+    each consumer group whether it was delivered and is still pending."""
+    put_pings(run, shop, 5)
+    admin = real.sync_client()
+    key = SubsystemKeys("shop", 3).for_object("o3").stream(Kind.CLIENT_OPERATIONS)
+    admin.xgroup_create(key, "mailer", id="0")
+    admin.xgroup_create(key, "archiver", id="0")
+    admin.xreadgroup("mailer", "worker-1", {key: ">"})
+    url = real.url or ""
+    by_object = json_lines(cli("show", "shop/client-ops", "o3", "--json", "--url", url).stdout)
+    (record,) = by_object
+    assert (3, "o3", key) == (record["data"]["n"], record["obj"], record["stream"])
+    by_message = json_lines(
+        cli("show", "shop/client-ops", record["id"], "--json", "--url", url).stdout
+    )
+    partition = str(SubsystemKeys("shop", 3).for_object("o3").partition)
+    by_entry = json_lines(
+        cli("show", "shop/client-ops", record["entry"], "--partition", partition, "--json",
+            "--url", url).stdout
+    )  # fmt: skip
+    assert [record] == by_message == by_entry
+    handling = {row["concern"]: row for row in record["handling"]}
+    assert {"concern": "mailer", "read": True, "pending": True, "consumer": "worker-1",
+            "deliveries": 1} == handling["mailer"]  # fmt: skip
+    assert {"concern": "archiver", "read": False, "pending": False} == handling["archiver"]
+    text = cli("show", "shop/client-ops", "o3", "--url", url).stdout
+    assert "mailer: pending (consumer worker-1, 1 deliveries)" in text
+    missing = cli("show", "shop/client-ops", "nobody", "--url", url)
+    assert 2 == missing.returncode
+    assert "no record 'nobody'" in missing.stderr
+
+
+def test_replay_puts_records_again_into_another_stream_or_the_same(
+    real: Backend, shop: Subsystem, run: Callable[[Any], Any]
+) -> None:
+    """replay --since T --to X puts the records written since T into X in order, keeping
+    their message ids (or giving new ones that name the original as cause); --dry-run writes
+    nothing; replaying a stream into itself does not replay its own new entries."""
+    put_pings(run, shop, 2)
+    time.sleep(0.005)  # the cut-off time must fall strictly between two puts' milliseconds
+    since = str(int(time.time() * 1000))
+    put_pings_from(run, shop, range(2, 5))
+    url = real.url or ""
+    dry = cli("replay", "shop/client-ops", "--since", since, "--to", "audit/internal-ops",
+              "--dry-run", "--url", url)  # fmt: skip
+    assert 0 == dry.returncode, dry.stderr
+    assert "would replay 3 records" in dry.stdout
+    assert 0 == real.sync_client().exists(
+        SubsystemKeys("audit").partition(0).stream(Kind.INTERNAL_OPERATIONS)
+    )
+    moved = cli(
+        "replay", "shop/client-ops", "--since", since, "--to", "audit/internal-ops", "--url", url
+    )
+    assert "replayed 3 records of shop/client-ops into audit/internal-ops" in moved.stdout
+    source = run(shop.reader("client-ops").read())
+    copied = run(Subsystem("audit", real.client()).reader("internal-ops").read())
+    assert [2, 3, 4] == [r.message.n for r in copied]
+    assert [r.envelope.message_id for r in source[2:]] == [r.envelope.message_id for r in copied]
+    again = cli("replay", "shop/client-ops", "--since", since, "--to", "shop/client-ops",
+                "--new-ids", "--url", url)  # fmt: skip
+    assert "replayed 3 records" in again.stdout
+    after = run(shop.reader("client-ops").read())
+    assert [0, 1, 2, 3, 4, 2, 3, 4] == [r.message.n for r in after]
+    originals = [r.envelope.message_id for r in after[2:5]]
+    assert originals == [r.envelope.causation_id for r in after[5:]]
+    assert not set(originals) & {r.envelope.message_id for r in after[5:]}
+
+
+def put_pings_from(run: Callable[[Any], Any], shop: Subsystem, numbers: range) -> None:
+    """Put Ping(n) for each n, object id o<n>."""
+
+    async def scenario() -> None:
+        for n in numbers:
+            await shop.writer("client-ops").put(Ping(n=n), object_id=f"o{n}")
+
+    run(scenario())
+
+
+def test_acl_prints_users_the_server_accepts(real: Backend) -> None:
+    """acl MODULE:APP prints one ACL SETUSER line per user, and --apply creates them."""
+    url = real.url or ""
+    printed = cli("acl", "tests.test_acl:APP", "--password", "pw")
+    assert 0 == printed.returncode, printed.stderr
+    lines = [each for each in printed.stdout.splitlines() if each.startswith("ACL SETUSER")]
+    names = [each.split()[2] for each in lines]
+    assert ["billing-client", "orders-client", "acltest-bot", "acltest-api"] == names
+    assert all(" >pw " in each for each in lines)
+    admin = real.sync_client()
+    try:
+        applied = cli("acl", "tests.test_acl:APP", "--apply", "--url", url)
+        assert 0 == applied.returncode, applied.stderr
+        users = {u.decode() for u in admin.execute_command("ACL", "USERS")}  # type: ignore[no-untyped-call]
+        assert set(names) <= users
+    finally:
+        admin.execute_command("ACL", "DELUSER", *names)  # type: ignore[no-untyped-call]
+    wrong = cli("acl", "tests.test_acl:NOPE")
+    assert 2 == wrong.returncode
+    assert "has no attribute 'NOPE'" in wrong.stderr
+
+
+def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
+    real: Backend, shop: Subsystem, run: Callable[[Any], Any]
+) -> None:
+    """The CLI logs in as $REDIS_USERNAME/$REDIS_PASSWORD; a refusal is an error, not a trace."""
+    put_pings(run, shop, 1)
+    admin = real.sync_client()
+    admin.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "+@read", "~*")  # type: ignore[no-untyped-call]
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+        env |= {"REDIS_USERNAME": "reader", "REDIS_PASSWORD": "pw"}
+        args = [sys.executable, "-m", "streams", "replay", "shop/client-ops", "--since", "0",
+                "--to", "shop/internal-ops", "--url", real.url or ""]  # fmt: skip
+        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=TIMEOUT, check=False)  # fmt: skip
+        tail = subprocess.run([*args[:3], "tail", "shop/client-ops", "--url", real.url or ""],
+                              cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT, check=False)  # fmt: skip
+    finally:
+        admin.execute_command("ACL", "DELUSER", "reader")  # type: ignore[no-untyped-call]
+    assert 2 == result.returncode
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+    assert 0 == tail.returncode, tail.stderr
+    assert 1 == len(tail.stdout.splitlines())
