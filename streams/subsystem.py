@@ -51,6 +51,14 @@ class Subsystem:
         sync_client: redis.Redis | None = None,
     ) -> None:
         self.keys = SubsystemKeys(name, partitions)
+        for given in (client, sync_client):
+            # Entries are read as bytes (payloads are msgpack): a decoding client would fail
+            # every read later with a confusing "missing envelope fields".
+            if given is not None and given.get_connection_kwargs().get("decode_responses"):
+                raise ConfigurationError(
+                    f"subsystem {name!r} needs clients without decode_responses=True; "
+                    "entries hold binary payloads"
+                )
         self.client = client
         self.sync_client = sync_client
         self.types = types
@@ -89,6 +97,8 @@ class Subsystem:
         older_than: datetime | None = None,
     ) -> int:
         """Drop the oldest entries beyond ``maxlen`` or older than an age; return how many.
+
+        ``maxlen`` applies to each partition: a stream of P partitions keeps up to P * maxlen.
 
         Indexes (latest-by-id, tags) heal themselves as trimmed entries are met.
         """

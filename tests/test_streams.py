@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+import redis
 import redis.asyncio
 from redis.crc import key_slot
 
@@ -523,3 +524,82 @@ def test_unknown_kind_names_the_kinds(backend: Backend) -> None:
     with pytest.raises(ConfigurationError, match="client-ops"):
         sub.writer("client-opps")
     assert Kind.CLIENT_OPERATIONS == sub.writer("client_operations").kind
+
+
+class TestSubscribe:
+    """Following a stream live."""
+
+    def test_subscribe_from_the_start_reads_every_partition_in_order(
+        self, backend: Backend, run: Run[None]
+    ) -> None:
+        """after="0" yields what is there already, per key in order, then stops when idle."""
+        sub = backend.subsystem("orders", partitions=3)
+        writer, reader = sub.writer("client-ops"), sub.reader("client-ops")
+
+        async def scenario() -> None:
+            for n in range(9):
+                await writer.put(Ping(n=n), object_id=f"o-{n % 3}")
+
+            seen = [r async for r in reader.subscribe(after="0", block_ms=20, idle_limit=2)]
+
+            assert list(range(9)) == sorted(_numbers(seen))
+            for key in ("o-0", "o-1", "o-2"):
+                of_key = _numbers([r for r in seen if r.object_id == key])
+                assert sorted(of_key) == of_key
+
+        run(scenario())
+
+    def test_subscribe_from_now_skips_older_records_and_sees_new_ones(
+        self, backend: Backend, run: Run[None]
+    ) -> None:
+        """after="$" never yields a record written before it started, and does yield later ones."""
+        sub = backend.subsystem("orders", partitions=2)
+        writer, reader = sub.writer("client-ops"), sub.reader("client-ops")
+
+        async def scenario() -> None:
+            await writer.put(Ping(n=-1), object_id="before")
+            live = reader.subscribe(block_ms=20)
+            first = asyncio.ensure_future(anext(live))
+            # Keep writing until the subscriber has pinned its start and sees one (bounded).
+            for n in range(500):
+                if first.done():
+                    break
+                await writer.put(Ping(n=n), object_id=f"o-{n}")
+                await asyncio.sleep(0.005)
+            record = await asyncio.wait_for(first, timeout=5)
+            await live.aclose()
+
+            assert isinstance(record.message, Ping)
+            assert record.message.n >= 0
+
+        run(scenario())
+
+
+def test_a_flushed_script_cache_is_reloaded(backend: Backend, run: Run[None]) -> None:
+    """After SCRIPT FLUSH (a restarted server) puts and reads load their scripts again."""
+    sub = backend.subsystem("orders")
+    writer, reader = sub.writer("client-ops"), sub.reader("client-ops")
+    client = backend.client()
+
+    async def scenario() -> None:
+        await writer.put(Ping(n=1), object_id="o-1")
+        await client.script_flush()
+
+        await writer.put(Ping(n=2), object_id="o-1")
+        latest = await reader.latest("o-1")
+
+        assert latest is not None
+        assert Ping(n=2) == latest.message
+
+    run(scenario())
+
+
+def test_a_decoding_client_is_refused_up_front() -> None:
+    """A client with decode_responses=True cannot read binary entries: refused when built."""
+    decoding = redis.asyncio.Redis(decode_responses=True)
+    sync_decoding = redis.Redis(decode_responses=True)
+
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Subsystem("orders", decoding)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Subsystem("orders", redis.asyncio.Redis(), sync_client=sync_decoding)
