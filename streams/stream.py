@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, cast
@@ -311,7 +311,7 @@ class ReadOnlyStream(_Stream):
 
     async def subscribe(
         self, *, after: str = "$", block_ms: int = 1000, idle_limit: int | None = None
-    ) -> AsyncIterator[Record]:
+    ) -> AsyncGenerator[Record, None]:
         """Yield records as they are written (after ``after``: "$" new only, "0" from start).
 
         Stops after ``idle_limit`` consecutive empty blocks, if given; otherwise runs until the

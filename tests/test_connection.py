@@ -64,11 +64,15 @@ def test_clients_log_in_as_the_user_from_the_environment(
 
     with settings.client() as client:
         sync_user = client.acl_whoami()
-    async_client = settings.async_client()
-    try:
-        async_user = run(async_client.acl_whoami())
-    finally:
-        run(async_client.aclose())
+
+    async def whoami() -> object:
+        async_client = settings.async_client()
+        try:
+            return await async_client.acl_whoami()
+        finally:
+            await async_client.aclose()
+
+    async_user = run(whoami())
 
     assert (USER, USER) == (sync_user, async_user)
 

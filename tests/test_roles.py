@@ -60,7 +60,7 @@ def test_a_sync_write_only_stream_cannot_read(backend: Backend, action: str) -> 
     ) == str(refused.value)
 
 
-def test_a_refused_write_writes_nothing(backend: Backend, run: Run[None]) -> None:
+def test_a_refused_write_writes_nothing(backend: Backend, run: Run[int]) -> None:
     """A read-only stream asked to put raises before touching the server."""
     sub = backend.subsystem("orders")
     reader = sub.reader("client-ops")

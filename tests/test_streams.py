@@ -16,10 +16,11 @@ import pytest
 import redis
 import redis.asyncio
 from redis.crc import key_slot
+from redis.typing import EncodableT, FieldT
 
 from domain import ConfigurationError, DuplicateRecord, Message, message
-from streams import Kind, OnExisting, Record, Subsystem, partition_of
-from streams.envelope import JSON, encode
+from streams import Kind, OnExisting, Record, Subsystem, SyncWriteOnlyStream, partition_of
+from streams.envelope import JSON, encode, entries
 from tests.conftest import Backend, Run
 from tests.messages import Account, Opened, Ping
 
@@ -148,7 +149,7 @@ class TestOnExisting:
         run(scenario())
 
     def test_sync_writer_applies_the_same_strategies(
-        self, backend: Backend, run: Run[None]
+        self, backend: Backend, run: Run[list[Record]]
     ) -> None:
         """The sync writer SKIPs and RAISEs exactly as the async one does."""
         sub = backend.subsystem("orders")
@@ -166,7 +167,7 @@ class TestOnExisting:
 class TestNextId:
     """Tracking ids handed out by a write-only stream."""
 
-    def test_ids_are_unique_and_increasing(self, backend: Backend, run: Run[None]) -> None:
+    def test_ids_are_unique_and_increasing(self, backend: Backend, run: Run[list[int]]) -> None:
         """Consecutive calls, async then sync, give strictly increasing ids."""
         sub = backend.subsystem("orders")
         writer, sync_writer = sub.writer("client-ops"), sub.sync_writer("client-ops")
@@ -180,7 +181,7 @@ class TestNextId:
         assert 25 == len(ids)
 
     def test_ids_stay_unique_under_concurrent_callers(
-        self, backend: Backend, run: Run[None]
+        self, backend: Backend, run: Run[list[int]]
     ) -> None:
         """200 async tasks over 4 clients plus 4 sync threads never get the same id twice."""
         writers = [backend.subsystem("orders").writer("client-ops") for _ in range(4)]
@@ -189,10 +190,11 @@ class TestNextId:
         async def many() -> list[int]:
             return list(await asyncio.gather(*(writers[k % 4].next_id() for k in range(200))))
 
+        def take(writer: SyncWriteOnlyStream) -> list[int]:
+            return [writer.next_id() for _ in range(25)]
+
         with ThreadPoolExecutor(4) as pool:
-            threads = [
-                pool.submit(lambda w=w: [w.next_id() for _ in range(25)]) for w in sync_writers
-            ]
+            threads = [pool.submit(take, w) for w in sync_writers]
             ids = run(many())
             for done in threads:
                 ids += done.result(timeout=30)
@@ -376,7 +378,8 @@ class TestTrim:
         run(scenario())
 
 
-def _fields(ping: Ping) -> dict[str, bytes | str | int]:
+def _fields(ping: Ping) -> dict[FieldT, EncodableT]:
+    """The entry fields an old writer would have XADDed for ``ping``."""
     flat = encode(ping).fields()
     return {str(flat[k]): flat[k + 1] for k in range(0, len(flat), 2)}
 
@@ -461,7 +464,7 @@ class TestPartitions:
 
             for key, put in puts.items():
                 stream = sub.keys.partition(partition_of(key, 4)).stream(Kind.CLIENT_OPERATIONS)
-                found = await client.xrange(stream, put.entry_id, put.entry_id)
+                found = entries(await client.xrange(stream, put.entry_id, put.entry_id))
                 assert [key.encode()] == [raw[b"obj"] for _, raw in found]
             used = {partition_of(key, 4) for key in keys}
             assert {0, 1, 2, 3} == used
@@ -496,6 +499,7 @@ class TestPartitions:
 
             by_partition: dict[int, set[int]] = {}
             for key in await client.keys("*"):
+                assert isinstance(key, bytes)
                 text = key.decode()
                 assert text.startswith("{orders."), text
                 partition = int(text[len("{orders.") : text.index("}")])
