@@ -35,6 +35,7 @@ from bots.logging import entry_logger, get_logger
 from bots.outcomes import Outcomes
 from bots.source import Delivery, Source, Verdict, sources
 from bots.tracking import Tracker
+from bots.wire import fast_packing
 from domain.errors import ConcurrencyConflict
 from handlers.registry import App
 from streams.commit import NotOwner
@@ -53,7 +54,7 @@ class Bot:
     ) -> None:
         self.app = app
         self.config = config
-        self.client = client or Settings(url=config.url).async_client()
+        self.client = fast_packing(client or Settings(url=config.url).async_client())
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
         self.sources = sources(app, config.only)
