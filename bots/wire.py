@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio
 
+_pack: Any
 try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis is a dependency; stay correct without it
@@ -22,8 +23,7 @@ def _pack_command(self: Any, *args: Any) -> list[bytes]:
     # redis-py passes multi-word command names ("XGROUP CREATE") as one argument and
     # expects the packer to split them, as its own does.
     first = args[0]
-    space = " " if isinstance(first, str) else b" "
-    if isinstance(first, (str, bytes)) and space in first:
+    if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
         args = (*first.split(), *args[1:])
     try:
         return [_pack(args)]
