@@ -77,6 +77,7 @@ class LocalServer:
         self.appendonly = appendonly
         self._owns_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="streamcqrs-"))
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path = str(self.directory / "redis.sock")
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None

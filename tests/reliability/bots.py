@@ -1,0 +1,102 @@
+"""Bot processes a reliability test can SIGKILL and restart, and the checks it runs after.
+
+Each bot is ``python -m bots run`` in its own session, so a kill takes the supervisor and
+its worker down together, the way a machine or container dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class BotProcess:
+    """One ``python -m bots run APP`` process group, started, killed and restarted at will."""
+
+    def __init__(self, app: str, url: str, *args: str, log: Path | None = None) -> None:
+        self.command = [
+            sys.executable, "-m", "bots", "run", app, "--url", url, "--log-level", "warning",
+            *args,
+        ]  # fmt: skip
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> BotProcess:
+        """Start the bot (a no-op while it runs)."""
+        if self.process is None or self.process.poll() is not None:
+            out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the bot's whole process group: supervisor and worker die at once."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.kills += 1
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the bot and wait; kill it if it outlives ``timeout``. Returns its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def stop_all(bots: Sequence[BotProcess]) -> list[int | None]:
+    """Stop every bot (used in ``finally``), returning their exit codes."""
+    return [bot.stop() for bot in bots]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll ``check`` every 50 ms until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def objects_in(client: redis.Redis, stream: str, type_name: bytes) -> Counter[bytes]:
+    """How many entries of ``type_name`` the stream holds per object id."""
+    seen: Counter[bytes] = Counter()
+    last = "-"
+    while True:
+        chunk = client.xrange(stream, min=last, count=5000)
+        if last != "-":
+            chunk = chunk[1:]
+        if not chunk:
+            return seen
+        for _entry_id, fields in chunk:
+            if fields.get(b"type") == type_name:
+                seen[fields.get(b"obj", b"")] += 1
+        last = chunk[-1][0].decode()
+
+
+def pending(client: redis.Redis, stream: str) -> int:
+    """Entries still pending over every consumer group of ``stream``."""
+    total = 0
+    for group in client.xinfo_groups(stream):
+        total += int(group["pending"])
+    return total
