@@ -54,6 +54,8 @@ HANDLING_COMMANDS = (
     "hget", "hmget", "hgetall", "hexists", "hset", "hdel", "rpush", "lrange", "llen",
 )  # fmt: skip
 """What a consumer does on its handling store: status hash, history lists."""
+DELAYED_COMMANDS = ("zadd", "zrangebyscore", "zscore", "zrem", "zcard")
+"""What a consumer does on its input's delayed set: park retries, take due entries."""
 FLAG_COMMANDS = ("hget", "hmget", "hgetall", "hexists")
 """What a consumer does on the disable switches: read them (operators set them)."""
 
@@ -287,37 +289,30 @@ def read(keys: SubsystemKeys, kind: Kind) -> Grants:
 def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
     """Consume one stream kind for one concern: the group, the handling store, the delayed set.
 
-    The consumer of a stream also moves its due delayed entries into it (take from the
-    delayed set, put into the stream): the one write into its input it is granted.
+    A consumer parks retries in its input's delayed set, and moves due delayed entries into
+    the input (take from the set, put into the stream): the one write into its input it is
+    granted. On a cluster its commits put output for other slots into its partition's outbox.
     """
-    streams, handling, flags, delayed, script = [], [], [], [], set()
+    streams, handling, flags, delayed, outboxes = [], [], [], [], []
     for part in _parts(keys):
-        stream = escape(part.stream(kind))
-        store = [escape(part.handling_status(kind, concern)), _history(part, kind, concern)]
-        streams.append(stream)
-        handling += store
+        streams.append(escape(part.stream(kind)))
+        handling += [escape(part.handling_status(kind, concern)), _history(part, kind, concern)]
         flags.append(escape(part.handling_flags(kind)))
         delayed.append(escape(part.delayed(kind)))
-        script |= {stream, *store, flags[-1], delayed[-1]}
+        outboxes.append(escape(part.outbox))
     where = f"{keys.subsystem}/{kind}"
     mover = put(keys, kind, dedupe=True, prune=False, delay=False)
-    return (
-        Grants(
-            frozenset(script),
-            (
-                grant(streams, Access.READ_WRITE, CONSUMER_COMMANDS, f"consume {where}"),
-                grant(handling, Access.READ_WRITE, HANDLING_COMMANDS, f"handling of {where}"),
-                grant(flags, Access.READ, FLAG_COMMANDS, f"read the switches of {where}"),
-                grant(
-                    delayed,
-                    Access.READ_WRITE,
-                    ("zrangebyscore", "zscore", "zrem", "zcard"),
-                    f"move due delayed entries of {where}",
-                ),
-            ),
-        )
-        + mover
+    own = Grants(
+        frozenset(streams + handling + flags + delayed + outboxes),
+        (
+            grant(streams, Access.READ_WRITE, CONSUMER_COMMANDS, f"consume {where}"),
+            grant(handling, Access.READ_WRITE, HANDLING_COMMANDS, f"handling of {where}"),
+            grant(flags, Access.READ, FLAG_COMMANDS, f"read the switches of {where}"),
+            grant(delayed, Access.READ_WRITE, DELAYED_COMMANDS, f"retry and move {where}"),
+            grant(outboxes, Access.WRITE, ("xadd",), "cluster outbox of the input partition"),
+        ),
     )
+    return own + mover
 
 
 def append(keys: SubsystemKeys) -> Grants:
@@ -381,6 +376,7 @@ class Roles:
 __all__ = [
     "CONNECTION_COMMANDS",
     "CONSUMER_COMMANDS",
+    "DELAYED_COMMANDS",
     "FLAG_COMMANDS",
     "HANDLING_COMMANDS",
     "READER_COMMANDS",

@@ -9,8 +9,14 @@ allowed paths then run end to end through the framework as the generated users.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +30,7 @@ from handlers import App, Context
 from handlers import acl as app_acl
 from streams import Batch, Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl, encode
 from streams.aggregates import AggregateStore
+from streams.deadletter import read_dead_letters_sync
 from streams.delayed import Delayed
 from streams.envelope import as_str, parse
 from streams.stream import build_put
@@ -42,17 +49,28 @@ APP.subsystem("billing", partitions=2)
     writes=["billing/client-ops", "orders/views"],
 )
 async def place(op: Ping, ctx: Context) -> None:
-    """Open the order, ask billing to charge, show the order (the allowed bot path)."""
+    """Open the order, ask billing to charge, show the order; a negative amount fails."""
+    if op.n < 0:
+        raise RuntimeError(f"cannot place an order of {op.n}")
+    order = await ctx.load(Account, ctx.object_id)
+    ctx.append(order, Opened(owner=op.text))
+    ctx.put("billing/client-ops", Ping(n=op.n, text=ctx.object_id), object_id=ctx.object_id)
+    ctx.put_view("orders/views", ctx.object_id, {"state": "placed", "amount": op.n})
 
 
 @APP.handler(Ping, stream="billing/client-ops", concern="charge", appends=["billing"])
 async def charge(op: Ping, ctx: Context) -> None:
-    """Charge (billing's own handler)."""
+    """Charge the order's account in billing."""
+    account = await ctx.load(Account, ctx.object_id, subsystem="billing")
+    ctx.append(account, Deposited(amount=op.n), subsystem="billing")
 
 
 @APP.handler(Opened, stream="orders/events", concern="project", writes=["orders/views"])
 async def project(event: Opened, ctx: Context) -> None:
-    """Project orders into views."""
+    """Project opened orders into a second view type."""
+    ctx.put_view(
+        "orders/views", f"owner-{ctx.object_id}", {"owner": event.owner}, type_name="owner"
+    )
 
 
 PASSWORD = acl.new_password()
@@ -516,3 +534,84 @@ def test_bot_moves_delayed_entries_and_dead_letters_as_its_user(
     assert 0 == users.admin.zcard(delayed_set)
     assert 1 == users.admin.xlen(O0.stream(CO))
     assert 1 == users.admin.xlen(O0.stream(Kind.DEAD_LETTERS))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_real_bot_process_runs_as_its_acl_user(
+    users: Users, run: Callable[[Any], Any], tmp_path: Path
+) -> None:
+    """``python -m bots run``, logged in as the generated bot user, takes a client's order
+    through every declared step (aggregate, billing operation, billing aggregate, views) and
+    dead-letters a failing one, and the server refuses none of what it does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    env |= {"REDIS_USERNAME": BOT, "REDIS_PASSWORD": PASSWORD}
+    log = tmp_path / "bot.log"
+    args = [
+        sys.executable, "-m", "bots", "run", "tests.test_acl:APP", "--url", users.url,
+        "--max-attempts", "1", "--block-ms", "100", "--log-level", "debug", "--grace", "5",
+        # A batch smaller than the concurrency: with batch == concurrency (the defaults) the
+        # first source's reader holds every slot and the other three sources never read.
+        "--batch", "8",
+    ]  # fmt: skip
+    orders = Subsystem("orders", users.aio(CLIENT)).writer("client-ops")
+    billing_events = [BILLING.partition(p).stream(Kind.EVENTS) for p in (0, 1)]
+    dead = O0.stream(Kind.DEAD_LETTERS)
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            run(orders.put(Ping(n=5, text="ann"), object_id="o-1"))
+            run(orders.put(Ping(n=-1, text="bob"), object_id="o-bad"))
+            wait_until(
+                users.admin,
+                lambda: (
+                    sum(users.admin.xlen(k) for k in billing_events) == 1
+                    and users.admin.xlen(dead) == 1
+                    and users.admin.xlen(O0.stream(Kind.VIEWS)) == 2
+                ),
+                [*billing_events, dead, O0.stream(Kind.VIEWS)],
+                what="the bot to handle both orders",
+                log=log,
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+    text = log.read_text()
+    assert not [line for line in text.splitlines() if "NOPERM" in line or "ACL failure" in line]
+    assert 0 == proc.returncode, text[-2000:]
+    admin = users.admin_aio()
+    billed = run(AggregateStore(BILLING, Account, admin).load("o-1"))
+    order = run(AggregateStore(ORDERS, Account, admin).load("o-1"))
+    assert (1, 5) == (billed.version, billed.balance)
+    assert (1, "ann") == (order.version, order.owner)
+    views = {r.envelope.type: r.raw for r in run(Subsystem("orders", admin).reader("views").read())}
+    assert {"view": b'{"state":"placed","amount":5}', "owner": b'{"owner":"ann"}'} == views
+    (letter,) = read_dead_letters_sync(users.admin, ORDERS)
+    assert ("o-bad", "place") == (letter.letter.raw[b"obj"].decode(), letter.letter.concern)
+
+
+def wait_until(
+    admin: redis.Redis,
+    done: Callable[[], bool],
+    streams: list[str],
+    *,
+    what: str,
+    log: Path,
+    timeout: float = 30.0,
+) -> None:
+    """Wait until ``done()``, waking whenever one of ``streams`` gets an entry (bounded)."""
+    deadline = time.monotonic() + timeout
+    cursors: dict[Any, Any] = {key: "$" for key in streams}
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"waited {timeout}s for {what}; bot log:\n{log.read_text()[-3000:]}"
+            )
+        reply = admin.xread(cursors, block=200)
+        for key, found in reply or []:
+            cursors[key] = found[-1][0]
