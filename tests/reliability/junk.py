@@ -68,9 +68,11 @@ invalid_payload: st.SearchStrategy[Junk] = st.one_of(
     _int64.map(lambda i: [i]),
 ).map(lambda payload: ("invalid payload", _with(data=msgpack.packb(payload))))
 
-huge_payload: st.SearchStrategy[Junk] = st.just(
-    ("huge payload", _with(data=msgpack.packb({"n": 1, "pad": "x" * (MAX_PAYLOAD_BYTES + 10)})))
-)
+def huge_payload() -> Junk:
+    """A Do operation whose payload is over the size limit (a megabyte, so made on demand)."""
+    pad = "x" * (MAX_PAYLOAD_BYTES + 10)
+    return "huge payload", _with(data=msgpack.packb({"n": 1, "pad": pad}))
+
 
 junk: st.SearchStrategy[Junk] = st.one_of(
     random_fields,
