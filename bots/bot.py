@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio
@@ -41,6 +41,7 @@ from handlers.registry import App
 from streams.commit import NotOwner
 from streams.connection import Settings
 from streams.envelope import Entry, as_str
+from streams.handling import Claim
 from streams.keys import SubsystemKeys
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -73,8 +74,9 @@ class Bot:
         )
         self.stopping = asyncio.Event()
         self.handled = 0
-        self._reserved = 0
+        self._held = 0  # deliveries started and not yet finished
         self._room = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[tuple[str, str], tuple[Source, float]] = {}
 
@@ -96,9 +98,12 @@ class Bot:
         self.log.info("started", sources=[str(s) for s in self.sources])
         committer = asyncio.create_task(self.committer.run())
         background = [
-            *(asyncio.create_task(self._read(source)) for source in self.sources),
-            asyncio.create_task(self.mover.run(self.stopping)),
-            asyncio.create_task(self._recover()),
+            *(
+                asyncio.create_task(self._keep_running(f"reader {source}", self._read, source))
+                for source in self.sources
+            ),
+            asyncio.create_task(self._keep_running("delayed mover", self.mover.run, self.stopping)),
+            asyncio.create_task(self._keep_running("recovery", self._recover)),
         ]
         try:
             await self.stopping.wait()
@@ -130,6 +135,21 @@ class Bot:
             except (*NETWORK_ERRORS, ResponseError) as exc:
                 self.log.warning("could not release entries", source=str(source), error=str(exc))
 
+    async def _keep_running(
+        self, name: str, loop: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run a background loop; if it fails unexpectedly, log why and start it again."""
+        pause = 0.5
+        while not self.stopping.is_set():
+            try:
+                await loop(*args)
+                return
+            except Exception:
+                self.log.exception("background task failed; restarting it", task=name,
+                                   pause_s=pause)  # fmt: skip
+                await self._pause(pause)
+                pause = min(pause * 2, 30.0)
+
     async def _ensure_group(self, source: Source) -> None:
         pause = 0.1
         while not self.stopping.is_set():
@@ -147,27 +167,27 @@ class Bot:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def _reserve(self) -> int:
-        """Wait for free handler slots; reserve up to one batch of them."""
+    async def _room_to_read(self) -> int:
+        """Wait until fewer than ``concurrency`` deliveries are held; how many to ask for.
+
+        Not a reservation: a reader blocked in XREADGROUP must not hold slots other
+        sources could use. Readers racing may together fetch a little more than the room;
+        the extra wait for a handler slot (``_slots``), so at most ``concurrency``
+        handlers run at once.
+        """
         while not self.stopping.is_set():
-            free = self.config.concurrency - self._reserved
+            free = self.config.concurrency - self._held
             if free > 0:
-                n = min(free, self.config.batch)
-                self._reserved += n
-                return n
+                return min(free, self.config.batch)
             self._room.clear()
             await self._room.wait()
         return 0
-
-    def _unreserve(self, n: int) -> None:
-        self._reserved -= n
-        self._room.set()
 
     async def _read(self, source: Source) -> None:
         """Read new entries of one source and start their handlers, until stopping."""
         pause = 0.1
         while not self.stopping.is_set():
-            room = await self._reserve()
+            room = await self._room_to_read()
             if not room:
                 break
             try:
@@ -181,23 +201,19 @@ class Bot:
                 pause = 0.1
                 # Without RESP3 the reply is [[key, [(id, fields), ...]]] (one stream read).
                 found = cast(list[Entry], cast(list[Any], reply)[0][1]) if reply else []
-                await self._dispatch(source, found, room, reclaim=False)
+                await self._dispatch(source, found, reclaim=False)
             except ResponseError as exc:
-                self._unreserve(room)
                 if not recovery.is_nogroup(exc):
                     raise
                 self.log.warning("consumer group is gone; recreating it", source=str(source))
                 await self._ensure_group(source)
             except NETWORK_ERRORS as exc:
-                self._unreserve(room)
                 self.log.warning("lost the server; retrying", error=str(exc), pause_s=pause)
                 await self._pause(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _dispatch(
-        self, source: Source, found: Sequence[Entry], reserved: int, *, reclaim: bool
-    ) -> None:
-        """Classify entries, claim the ones to handle, start their tasks; free unused slots."""
+    async def _dispatch(self, source: Source, found: Sequence[Entry], *, reclaim: bool) -> None:
+        """Classify entries, claim the ones to handle, start a task for each."""
         # An entry this bot is still running (its claim lapsed and XAUTOCLAIM handed it back
         # to us) must not start twice.
         deliveries = [
@@ -207,28 +223,30 @@ class Bot:
         ]
         to_handle = [d for d in deliveries if d.verdict is Verdict.HANDLE]
         tracker = self.trackers[(source.ref, source.concern)]
-        try:
-            claims = await tracker.claim(
-                [(d.message_id, d.envelope.object_id if d.envelope else "") for d in to_handle],
-                actor=self.consumer,
-                reclaim=reclaim,
-            )
-        except BaseException:
-            self._unreserve(reserved)
-            raise
+        claims = await tracker.claim(
+            [(d.message_id, d.envelope.object_id if d.envelope else "") for d in to_handle],
+            actor=self.consumer,
+            reclaim=reclaim,
+        )
         claimed = iter(claims)
-        started = 0
+        blocked = 0
         for delivery in deliveries:
-            if delivery.verdict is Verdict.HANDLE and not next(claimed):
-                delivery.verdict = Verdict.SKIP
             if delivery.verdict is Verdict.HANDLE:
-                started += 1
+                claim = next(claimed)
+                if claim is Claim.BLOCKED:
+                    blocked += 1  # stays pending: taken over again after the timeout
+                    continue
+                if claim is not Claim.CLAIMED:
+                    delivery.verdict = Verdict.SKIP
             self._start(delivery)
-        # Skips and dead letters are quick acks: they hold no slot while they commit.
-        self._unreserve(reserved - started)
+        if blocked:
+            self.log.info("handling is disabled for this stream; entries left pending",
+                          source=str(source), count=blocked)  # fmt: skip
 
     def _start(self, delivery: Delivery) -> None:
         source = delivery.source
+        if delivery.verdict is Verdict.HANDLE:
+            self._held += 1  # skips and dead letters are quick acks: they take no room
         self._inflight[(source.key, delivery.entry_id)] = (source, time.monotonic())
         task = asyncio.create_task(self._handle(delivery))
         self._tasks.add(task)
@@ -249,18 +267,11 @@ class Bot:
         )
         tracker = self.trackers[(source.ref, source.concern)]
         try:
-            for _ in range(self.config.conflict_retries + 1):
-                batch = await self.outcomes.attempt(delivery, tracker, log)
-                try:
-                    await self._commit(batch)
-                except ConcurrencyConflict as exc:
-                    log.info("version conflict; running the handler again", error=str(exc))
-                    continue
-                break
+            if holds_slot:
+                async with self._slots:
+                    await self._attempt(delivery, tracker, log)
             else:
-                failed = await self.outcomes.give_up_conflicts(delivery, tracker, log)
-                await self._commit(failed)
-            self.handled += delivery.verdict is Verdict.HANDLE
+                await self._attempt(delivery, tracker, log)
         except NotOwner:
             log.warning("entry was taken over by another consumer; dropping this result")
         except asyncio.CancelledError:
@@ -270,7 +281,23 @@ class Bot:
         finally:
             self._inflight.pop((source.key, delivery.entry_id), None)
             if holds_slot:
-                self._unreserve(1)
+                self._held -= 1
+                self._room.set()
+
+    async def _attempt(self, delivery: Delivery, tracker: Tracker, log: Any) -> None:
+        """Run the handler and commit its outcome; re-run it after a version conflict."""
+        for _ in range(self.config.conflict_retries + 1):
+            batch = await self.outcomes.attempt(delivery, tracker, log)
+            try:
+                await self._commit(batch)
+            except ConcurrencyConflict as exc:
+                log.info("version conflict; running the handler again", error=str(exc))
+                continue
+            break
+        else:
+            failed = await self.outcomes.give_up_conflicts(delivery, tracker, log)
+            await self._commit(failed)
+        self.handled += delivery.verdict is Verdict.HANDLE
 
     async def _commit(self, batch: Any) -> None:
         """Commit through the committer; re-send after network trouble (OWNS makes it safe)."""
@@ -324,26 +351,22 @@ class Bot:
     async def _take_over(self, source: Source) -> None:
         cursor = "0-0"
         for _ in range(100):  # bounded: a huge backlog is taken over across ticks
-            room = await self._reserve()
+            room = await self._room_to_read()
             if not room:
                 return
-            try:
-                cursor, found, deleted = await recovery.take_over(
-                    self.client,
-                    source,
-                    self.consumer,
-                    min_idle_ms=self.config.visibility_ms,
-                    count=room,
-                    start=cursor,
-                )
-            except BaseException:
-                self._unreserve(room)
-                raise
+            cursor, found, deleted = await recovery.take_over(
+                self.client,
+                source,
+                self.consumer,
+                min_idle_ms=self.config.visibility_ms,
+                count=room,
+                start=cursor,
+            )
             if found or deleted:
                 self.log.info(
                     "took over entries", source=str(source), count=len(found), trimmed=deleted
                 )
-            await self._dispatch(source, found, room, reclaim=True)
+            await self._dispatch(source, found, reclaim=True)
             if cursor == "0-0":
                 return
 

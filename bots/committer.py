@@ -13,8 +13,6 @@ import asyncio
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.commit import Batch, run_many
 
@@ -51,10 +49,11 @@ class Committer:
     async def _send(self, round_: list[tuple[Batch, asyncio.Future[list[Any]]]]) -> None:
         try:
             results = await run_many(self.client, [batch for batch, _ in round_])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            # The client already retried with backoff. Whether the scripts ran is unknown;
-            # each handler decides (a re-sent commit is refused by its OWNS check if the
-            # first one went through, since its entry is no longer pending).
+        except Exception as exc:
+            # Network trouble (the client already retried with backoff), or a failure of
+            # the round as a whole. Whether the scripts ran is unknown; each handler
+            # decides (a re-sent commit is refused by its OWNS check if the first one went
+            # through, since its entry is no longer pending).
             for _, future in round_:
                 if not future.done():
                     future.set_exception(exc)

@@ -3,28 +3,18 @@
 A record (one message, for one concern) is claimed (Running) in one round trip per read
 batch; its outcome (Completed, retry, self-cancel, Failed) is written by the handler's commit
 itself, so status, outputs and ack change together.
-
-``streams.handling`` is written in a parallel change; until it is importable here, claims
-always succeed and outcomes record nothing (the consumer group alone guarantees delivery).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 
 import redis.asyncio
 
 from streams.commit import Batch
+from streams.handling import Action, Claim, HandlingStore, transition
 from streams.keys import Kind, PartitionKeys, SubsystemKeys
-
-_handling: Any
-try:
-    _handling = importlib.import_module("streams.handling")
-except ImportError:  # pragma: no cover - only until the handling store lands
-    _handling = None
 
 
 class Outcome(StrEnum):
@@ -36,6 +26,14 @@ class Outcome(StrEnum):
     FAIL = "FAIL"
 
 
+ACTIONS = {
+    Outcome.COMPLETE: Action.COMPLETE,
+    Outcome.RETRY: Action.RETRY,
+    Outcome.SELF_CANCEL: Action.SELF_CANCEL,
+    Outcome.FAIL: Action.FAIL,
+}
+
+
 class Tracker:
     """Handling status of one (stream kind, concern) of one subsystem."""
 
@@ -44,28 +42,21 @@ class Tracker:
     ) -> None:
         self.kind = kind
         self.concern = concern
-        self._store: Any = (
-            _handling.HandlingStore(client, keys, kind, concern) if _handling else None
-        )
-
-    @property
-    def enabled(self) -> bool:
-        """True when statuses are stored (the handling store is available)."""
-        return self._store is not None
+        self._store = HandlingStore(client, keys, kind, concern)
 
     async def claim(
         self, records: Sequence[tuple[str, str]], *, actor: str, reclaim: bool
-    ) -> list[bool]:
-        """Claim (message id, object id) records; True for each this bot should handle.
+    ) -> list[Claim]:
+        """Claim (message id, object id) records in one round trip per partition.
 
-        A record Completed, Failed, disabled, or Running elsewhere without ``reclaim``
-        comes back False: the bot acks its entry without running the handler.
+        CLAIMED: run the handler. SKIPPED (Completed, Failed, disabled for the record, or
+        Running elsewhere without ``reclaim``): ack without running. BLOCKED (the stream is
+        disabled for this concern): leave the entry pending, to be looked at again.
         """
-        if self._store is None or not records:
-            return [True] * len(records)
+        if not records:
+            return []
         results = await self._store.claim(list(records), actor=actor, reclaim=reclaim)
-        claimed = _handling.Claim.CLAIMED
-        return [result == claimed for result, _status in results]
+        return [result for result, _status in results]
 
     def record(
         self,
@@ -78,11 +69,15 @@ class Tracker:
         actor: str = "",
     ) -> None:
         """Add the outcome's status change (checked: only from Running) to ``batch``."""
-        if self._store is None:
-            return
-        action = getattr(_handling.Action, outcome.value)
-        _handling.transition(
-            batch, keys, self.kind, self.concern, message_id, action, details=details, actor=actor
+        transition(
+            batch,
+            keys,
+            self.kind,
+            self.concern,
+            message_id,
+            ACTIONS[outcome],
+            details=details,
+            actor=actor,
         )
 
 
