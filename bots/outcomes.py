@@ -145,7 +145,15 @@ class Outcomes:
                     member.pack())  # fmt: skip
         return batch
 
-    def _dead(self, d: Delivery, reason: str, error: BaseException | None, attempts: int) -> Batch:
+    def _dead(
+        self,
+        d: Delivery,
+        reason: str,
+        error: BaseException | None,
+        attempts: int,
+        *,
+        once_per_entry: bool = False,
+    ) -> Batch:
         source = d.source
         letter = dead_letter(
             reason=reason,
@@ -157,7 +165,7 @@ class Outcomes:
             attempts=attempts,
         )
         batch = self._batch(d)
-        add_dead_letter(batch, source.part, letter)
+        add_dead_letter(batch, source.part, letter, once_per_entry=once_per_entry)
         return self._ack(batch, d)
 
 

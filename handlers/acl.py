@@ -54,8 +54,9 @@ def bot(app: App) -> acl.Role:
     for source, concern in sorted(app.groups()):
         keys = _keys(app, source.subsystem)
         parts.append(acl.consume(keys, source.kind, concern))
-        # Bad input goes to the source subsystem's dead-letter stream.
-        parts.append(acl.put(keys, Kind.DEAD_LETTERS, dedupe=False, prune=False, delay=False))
+        # Bad input goes to the source subsystem's dead-letter stream, once per entry however
+        # many concerns read it (a put with OnExisting.SKIP: dedupe reads the index).
+        parts.append(acl.put(keys, Kind.DEAD_LETTERS, dedupe=True, prune=False, delay=False))
     for spec in app.handlers:
         for target in sorted(spec.writes):
             keys = _keys(app, target.subsystem)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from domain.errors import DecodeError
 from domain.messages import Message
 from domain.registry import message
-from streams.commit import Batch
+from streams.commit import Batch, OnExisting
 from streams.envelope import Envelope, as_str, entries, now_ms, parse
 from streams.keys import Kind, PartitionKeys, SubsystemKeys
 
@@ -57,15 +57,20 @@ class DeadLetter(Message):
         """The original entry's fields, as XRANGE returned them."""
         return dict(self.fields)
 
-    def envelope(self) -> Envelope:
-        """The dead letter as an entry of the dead-letter stream.
+    @property
+    def entry_key(self) -> str:
+        """``stream@entry_id``: names the original entry across every concern reading it."""
+        return f"{self.stream}@{self.entry_id}"
+
+    def envelope(self, *, object_id: str = "") -> Envelope:
+        """The dead letter as an entry of the dead-letter stream (object id: the message's).
 
         Packed in msgpack's python mode, not JSON mode, so the original bytes stay bytes.
         """
         return Envelope(
             type=TYPE_NAME,
             payload=msgpack.packb(self.model_dump()),
-            object_id=self.message_id or self.entry_id,
+            object_id=object_id or self.message_id or self.entry_id,
             tags=(("concern", self.concern), ("error", self.error_type)) if self.concern else (),
         )
 
@@ -101,9 +106,20 @@ def dead_letter(
     )
 
 
-def add_dead_letter(batch: Batch, keys: PartitionKeys, letter: DeadLetter) -> None:
-    """Put ``letter`` into partition ``keys``'s dead-letter stream as part of ``batch``."""
-    batch.put(keys, KIND, letter.envelope())
+def add_dead_letter(
+    batch: Batch, keys: PartitionKeys, letter: DeadLetter, *, once_per_entry: bool = False
+) -> None:
+    """Put ``letter`` into partition ``keys``'s dead-letter stream as part of ``batch``.
+
+    ``once_per_entry``: bad input is bad for every concern reading the stream; each of their
+    bots acks it, but only the first writes the dead letter (the others' puts are skipped,
+    keyed by ``entry_key``).
+    """
+    if once_per_entry:
+        envelope = letter.envelope(object_id=letter.entry_key)
+        batch.put(keys, KIND, envelope, on_existing=OnExisting.SKIP)
+    else:
+        batch.put(keys, KIND, letter.envelope())
 
 
 @dataclass(frozen=True, slots=True)
