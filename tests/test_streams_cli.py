@@ -24,7 +24,7 @@ from tests.messages import Ping
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
-COMMANDS = ("tail", "show", "replay", "acl")
+COMMANDS = ("tail", "show", "replay", "dead-letters", "failed", "acl")
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -209,9 +209,12 @@ def test_show_finds_a_record_by_entry_message_and_object_id(
     )  # fmt: skip
     assert [record] == by_message == by_entry
     handling = {row["concern"]: row for row in record["handling"]}
+    untouched = {"status": "AvailableByDefault", "history": []}
     assert {"concern": "mailer", "read": True, "pending": True, "consumer": "worker-1",
-            "deliveries": 1} == handling["mailer"]  # fmt: skip
-    assert {"concern": "archiver", "read": False, "pending": False} == handling["archiver"]
+            "deliveries": 1, **untouched} == handling["mailer"]  # fmt: skip
+    assert {"concern": "archiver", "read": False, "pending": False, **untouched} == handling[
+        "archiver"
+    ]
     text = cli("show", "shop/client-ops", "o3", "--url", url).stdout
     assert "mailer: pending (consumer worker-1, 1 deliveries)" in text
     missing = cli("show", "shop/client-ops", "nobody", "--url", url)

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import msgpack
 import orjson
 import redis
+import redis.asyncio
 
 from domain.errors import ConfigurationError, DecodeError, StreamCQRSError
 from streams.connection import Settings
@@ -76,6 +77,11 @@ def connect(args: argparse.Namespace) -> redis.Redis:
         import_module(module)
     settings = Settings(url=args.url, username=args.username, retries=0)
     return settings.client()
+
+
+def connect_async(args: argparse.Namespace) -> redis.asyncio.Redis:
+    """An asyncio client to the same server as ``connect`` (for the async-only stores)."""
+    return Settings(url=args.url, username=args.username, retries=0).async_client()
 
 
 def import_module(name: str) -> Any:

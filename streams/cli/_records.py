@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import heapq
 import re
 import sys
@@ -17,8 +18,10 @@ from domain.ids import new_message_id
 from streams.cli._common import (
     CommandError,
     connect,
+    connect_async,
     describe,
     emit,
+    iso,
     moment,
     part_for,
     partitions,
@@ -28,6 +31,7 @@ from streams.cli._common import (
 )
 from streams.commit import Batch
 from streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
+from streams.handling import HandlingStore
 from streams.keys import Kind, SubsystemKeys
 from streams.scripts import script
 
@@ -274,6 +278,26 @@ def concerns(client: redis.Redis, key: str, entry_id: str) -> list[dict[str, Any
     return out
 
 
+async def _handling(
+    args: argparse.Namespace, keys: SubsystemKeys, kind: Kind, record: dict[str, Any]
+) -> None:
+    """Add each concern's handling status and history of ``record`` to its row."""
+    client = connect_async(args)
+    try:
+        for row in record["handling"]:
+            store = HandlingStore(client, keys, kind, row["concern"])
+            status = await store.status(record["id"], record["obj"] or None)
+            history = await store.history(record["id"], record["obj"] or None)
+            row["status"] = status.value
+            row["history"] = [
+                {"at": iso(h.at_ms), "status": h.status.value, "action": h.action.value,
+                 "details": h.details, "actor": h.actor}
+                for h in history
+            ]  # fmt: skip
+    finally:
+        await client.aclose()
+
+
 def show_command(args: argparse.Namespace, out: TextIO) -> int:
     """``show``: one record, and what each concern did with it."""
     client = connect(args)
@@ -287,6 +311,8 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
         )
     record = describe(*found)
     record["handling"] = concerns(client, found[0], found[1])
+    if "id" in record:
+        asyncio.run(_handling(args, keys, kind, record))
     if args.json:
         emit(out, [record], True)
         return 0
@@ -298,9 +324,11 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
             if row["pending"]
             else ""
         )
-        out.write(f"  {row['concern']}: {state}{extra}\n")
+        status = f"  status {row['status']}" if "status" in row else ""
+        out.write(f"  {row['concern']}: {state}{extra}{status}\n")
         for step in row.get("history", []):
-            out.write(f"    {step}\n")
+            line = f"    {step['at']}  {step['action']} -> {step['status']}  {step['actor']}"
+            out.write(f"{line}  {step['details']}".rstrip() + "\n")
     if not record["handling"]:
         out.write("  no consumer group reads this stream yet\n")
     return 0
