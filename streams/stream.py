@@ -57,11 +57,16 @@ def to_ms(moment: datetime | int | None, default: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
-    """What a put did: the entry id (or the existing one), and whether it wrote."""
+    """What a put did: the entry id (or the existing one), whether it wrote, and the message.
+
+    ``message_id`` is the id of the message this put wrote; it is empty when a SKIP put found
+    an existing record and wrote nothing (``latest(object_id)`` gives that record).
+    """
 
     entry_id: str
     written: bool
     object_id: str
+    message_id: str = ""
 
 
 class _Stream:
@@ -222,8 +227,10 @@ class WriteOnlyStream(_Stream):
 def _result(envelope: Envelope, reply: Any) -> PutResult:
     if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int):
         entry_id, written = reply
-        return PutResult(as_str(entry_id), bool(written), envelope.object_id)
-    return PutResult("", True, envelope.object_id)  # parked in the delayed set
+        message_id = envelope.message_id if written else ""
+        return PutResult(as_str(entry_id), bool(written), envelope.object_id, message_id)
+    # Parked in the delayed set: no entry id until the mover puts it in the stream.
+    return PutResult("", True, envelope.object_id, envelope.message_id)
 
 
 class ReadOnlyStream(_Stream):

@@ -8,6 +8,8 @@ number must have exactly one of each.
 
 from __future__ import annotations
 
+import asyncio
+
 from domain import Aggregate, Event, Operation, message
 from handlers import App, Context
 
@@ -52,6 +54,10 @@ app = App("chaos")
     writes=["chaos/internal-ops"],
 )
 async def do(op: Do, ctx: Context) -> None:
-    """Commit one event and one internal operation for ``op.n``."""
+    """Commit one event and one internal operation for ``op.n``, after 20 ms of "work".
+
+    The pause keeps operations in flight, so a kill usually lands on work under way.
+    """
+    await asyncio.sleep(0.02)
     ctx.append(Job(id=f"job-{op.n}"), Done(n=op.n))
     ctx.put("chaos/internal-ops", Note(n=op.n), object_id=op.n)

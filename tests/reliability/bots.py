@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,20 @@ class BotProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
             self.kills += 1
+
+    def workers(self) -> list[int]:
+        """Pids of the bot's worker processes (spawned children, not the resource tracker)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            children = psutil.Process(self.process.pid).children()
+            return sorted(c.pid for c in children if any("spawn_main" in a for a in c.cmdline()))
+        except psutil.Error:  # a child exited while we looked
+            return []
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the supervisor has started its worker (its signal handlers are set)."""
+        wait_until(lambda: bool(self.workers()), "the bot's worker process", timeout)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the bot and wait; kill it if it outlives ``timeout``. Returns its exit code."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -32,13 +31,6 @@ HUGE_EVERY = 500
 
 KEYS = SubsystemKeys("chaos")
 STREAM = KEYS.partition(0).stream(Kind.CLIENT_OPERATIONS)
-
-
-def _worker_pids(bot: BotProcess) -> list[int]:
-    assert bot.process is not None
-    children = psutil.Process(bot.process.pid).children()
-    # Spawned workers run multiprocessing's spawn_main (the resource tracker does not).
-    return sorted(c.pid for c in children if any("spawn_main" in a for a in c.cmdline()))
 
 
 @pytest.mark.timeout(300)
@@ -65,8 +57,8 @@ def test_every_junk_entry_is_dead_lettered_and_every_valid_one_handled(
             client.xadd(STREAM, valid_fields(valid[-1]))  # type: ignore[arg-type]
 
     try:
-        wait_until(lambda: len(_worker_pids(bot)) == 1, "the bot's worker", 30)
-        workers = _worker_pids(bot)
+        bot.wait_ready()
+        workers = bot.workers()
         generate = settings(
             max_examples=JUNK, database=None, deadline=None,
             suppress_health_check=list(HealthCheck),
@@ -83,7 +75,7 @@ def test_every_junk_entry_is_dead_lettered_and_every_valid_one_handled(
             60,
         )
         wait_until(lambda: pending(client, STREAM) == 0, "no pending entries", 30)
-        assert workers == _worker_pids(bot), "the bot's worker process was replaced"
+        assert workers == bot.workers(), "the bot's worker process was replaced"
         assert bot.process is not None and bot.process.poll() is None
         code = bot.stop()
     finally:
