@@ -212,14 +212,30 @@ def transition(  # noqa: PLR0917 - positional order is the bots' contract
     )
     if action in (Action.DISABLE_RECORD, Action.ENABLE_RECORD):
         # The record-wide flag makes claims of every other concern skip the record too.
-        logged = HistoryEntry(
-            at, to, action, details, (*as_tags(tags), ("concern", concern), ("record", record)),
-            actor,
-        )  # fmt: skip
-        batch.status(
-            keys.handling_flags(kind), flags_log(keys, kind), record, to.value,
-            logged.to_bytes(), concern=concern, action=action.value,
-        )  # fmt: skip
+        _flag_change(batch, keys, kind, concern, record, action, at, details, tags, actor)
+
+
+def _flag_change(  # noqa: PLR0917 - internal, mirrors transition()
+    batch: Batch,
+    keys: PartitionKeys,
+    kind: Kind,
+    concern: str,
+    record: str,
+    action: Action,
+    at: int,
+    details: str,
+    tags: Sequence[tuple[str, str]],
+    actor: str,
+    allowed_from: Sequence[str] = (),
+) -> None:
+    """Set a record's disable flag, logged with the concern and record as tags."""
+    to = TRANSITIONS[action][1]
+    where = (("concern", concern), ("record", record))
+    logged = HistoryEntry(at, to, action, details, (*as_tags(tags), *where), actor)
+    batch.status(
+        keys.handling_flags(kind), flags_log(keys, kind), record, to.value, logged.to_bytes(),
+        allowed_from=allowed_from, concern=concern, action=action.value,
+    )  # fmt: skip
 
 
 class Claim(StrEnum):
@@ -389,6 +405,7 @@ class HandlingStore:
             [(r.envelope.message_id, r.object_id) for r in found], actor=consumer
         )
         claimed, skipped, blocked = [], [], False
+        to_ack: dict[str, list[str]] = {}
         for record, (outcome, status) in zip(found, results, strict=True):
             if outcome is Claim.CLAIMED:
                 claimed.append(record)
@@ -396,7 +413,9 @@ class HandlingStore:
                 blocked = True  # left pending: handled once the stream is enabled again
             else:
                 skipped.append((record.envelope.message_id, status))
-                await self.client.xack(record.stream, group, record.entry_id)
+                to_ack.setdefault(record.stream, []).append(record.entry_id)
+        for stream, entry_ids in to_ack.items():
+            await self.client.xack(stream, group, *entry_ids)
         return TryHandle(tuple(claimed), blocked, tuple(skipped), tuple(invalid))
 
     async def _create_group(self, group: str) -> None:
@@ -462,9 +481,57 @@ class HandlingStore:
         """Stop handling this record, for every concern (claims skip it)."""
         await self.apply(record, Action.DISABLE_RECORD, **kw)
 
-    async def enable_record(self, record: str, **kw: Any) -> None:
-        """DisabledForRecord -> AvailableByDefault, through the concern that disabled it."""
-        await self.apply(record, Action.ENABLE_RECORD, **kw)
+    async def enable_record(
+        self,
+        record: str,
+        *,
+        object_id: str | None = None,
+        details: str = "",
+        tags: Sequence[tuple[str, str]] = (),
+        actor: str = "",
+    ) -> None:
+        """DisabledForRecord -> AvailableByDefault, in every concern that disabled the record.
+
+        While a record is disabled every concern sees it as DisabledForRecord, so any of
+        them may enable it; the concerns that disabled it (found in the switch log) go back
+        to AvailableByDefault together, with the flag, in one commit.
+        """
+        part = self._part(record, object_id)
+        flag = await self.client.hget(part.handling_flags(self.kind), record)
+        if flag is None or as_str(flag) != Status.DISABLED_FOR_RECORD:
+            # Not disabled: refused, naming this concern's status.
+            await self.apply(record, Action.ENABLE_RECORD, object_id=object_id, details=details,
+                             tags=tags, actor=actor)  # fmt: skip
+            return
+        at = now_ms()
+        entry = HistoryEntry(at, Status.AVAILABLE_BY_DEFAULT, Action.ENABLE_RECORD, details,
+                             as_tags(tags), actor).to_bytes()  # fmt: skip
+        batch = Batch()
+        for concern in sorted({self.concern} | await self._disabled_by(part, record)):
+            status = part.handling_status(self.kind, concern)
+            stored = await self.client.hget(status, record)
+            if stored is not None and as_str(stored) == Status.DISABLED_FOR_RECORD:
+                batch.status(
+                    status, part.handling_history(self.kind, concern, record),
+                    record, Status.AVAILABLE_BY_DEFAULT.value, entry,
+                    allowed_from=[Status.DISABLED_FOR_RECORD.value], concern=concern,
+                    action=Action.ENABLE_RECORD.value,
+                )  # fmt: skip
+        # Checked: of two concurrent enables, one commits and the other is refused.
+        _flag_change(batch, part, self.kind, self.concern, record, Action.ENABLE_RECORD, at,
+                     details, tags, actor, [Status.DISABLED_FOR_RECORD.value])  # fmt: skip
+        await batch.run(self.client)
+
+    async def _disabled_by(self, keys: PartitionKeys, record: str) -> set[str]:
+        """The concerns that disabled ``record``, from the partition's switch log."""
+        raw = cast(list[bytes], await self.client.lrange(flags_log(keys, self.kind), 0, -1))
+        concerns = set()
+        for each in raw:
+            entry = HistoryEntry.from_bytes(each)
+            tags = dict(entry.tags)
+            if entry.action is Action.DISABLE_RECORD and tags.get("record") == record:
+                concerns.add(tags.get("concern", ""))
+        return concerns - {""}
 
     async def disable_stream(self, *, details: str = "", actor: str = "") -> None:
         """Stop handling the whole stream for this concern: claims report BLOCKED."""
