@@ -219,7 +219,7 @@ class Bot:
         deliveries = [
             source.classify(as_str(eid), raw)
             for eid, raw in found
-            if (source.key, as_str(eid)) not in self._inflight
+            if (source.name, as_str(eid)) not in self._inflight
         ]
         to_handle = [d for d in deliveries if d.verdict is Verdict.HANDLE]
         tracker = self.trackers[(source.ref, source.concern)]
@@ -247,7 +247,7 @@ class Bot:
         source = delivery.source
         if delivery.verdict is Verdict.HANDLE:
             self._held += 1  # skips and dead letters are quick acks: they take no room
-        self._inflight[(source.key, delivery.entry_id)] = (source, time.monotonic())
+        self._inflight[(source.name, delivery.entry_id)] = (source, time.monotonic())
         task = asyncio.create_task(self._handle(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -279,7 +279,7 @@ class Bot:
         except Exception:  # never let one entry kill the bot: it stays pending, to be retried
             log.exception("could not commit; the entry stays pending for recovery")
         finally:
-            self._inflight.pop((source.key, delivery.entry_id), None)
+            self._inflight.pop((source.name, delivery.entry_id), None)
             if holds_slot:
                 self._held -= 1
                 self._room.set()

@@ -70,7 +70,7 @@ class Outcomes:
             return self._ack(self._batch(d), d)
         if d.verdict is Verdict.DEAD:
             log.warning("bad input; dead-lettering it", reason=str(d.error))
-            return self._dead(d, str(d.error), d.error, attempts=0)
+            return self._dead(d, str(d.error), d.error, attempts=0, once_per_entry=True)
         assert d.spec is not None and d.envelope is not None
         ctx = Context(
             d.spec,

@@ -63,9 +63,12 @@ class Source:
     specs: dict[type[Message], HandlerSpec]
     types: TypeRegistry
     key: str = field(init=False)
+    name: str = field(init=False)
+    """``stream-key/concern``: unique per consumer group, for logs and bookkeeping."""
 
     def __post_init__(self) -> None:
         self.key = self.part.stream(self.ref.kind)
+        self.name = f"{self.key}/{self.concern}"
 
     @property
     def group(self) -> str:
@@ -73,7 +76,7 @@ class Source:
         return self.concern
 
     def __str__(self) -> str:
-        return f"{self.key}/{self.concern}"
+        return self.name
 
     def classify(self, entry_id: str, raw: dict[bytes, bytes]) -> Delivery:
         """Decide what to do with one raw entry (never raises for bad input)."""

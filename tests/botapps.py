@@ -16,10 +16,22 @@ Subsystem ``botapp``; every handler reads its client operations:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from domain import Aggregate, Event, Operation, message
+import redis
+
+from domain import Aggregate, Event, Message, Operation, message
 from handlers import App, Context
+from streams.commit import Batch
+from streams.envelope import encode, entries, to_record
+from streams.keys import Kind, SubsystemKeys
 
 SUBSYSTEM = "botapp"
 
@@ -133,3 +145,89 @@ def slow(op: Slow, ctx: Context) -> None:
     """Block a thread for ``op.seconds``, then put a note."""
     time.sleep(op.seconds)
     ctx.put(NOTES, Note(n=op.n), object_id=f"slow-{op.n}")
+
+
+# -- running the app in real bot processes -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ("--block-ms", "100", "--mover-interval", "0.05", "--log-level", "debug")
+"""Options that make a test bot notice work and stops quickly."""
+
+
+class BotProcess:
+    """``python -m bots run tests.botapps:app`` as a real process group, logging to a file.
+
+    Use as a context manager: whatever happens in the test, the group is killed at the end.
+    """
+
+    def __init__(self, url: str, log: Path, *args: str) -> None:
+        self.log = log
+        self._out = log.open("ab")
+        command = [sys.executable, "-m", "bots", "run", "tests.botapps:app", "--url", url,
+                   *FAST, *args]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill -9 takes the workers too
+        )  # fmt: skip
+
+    def __enter__(self) -> BotProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def alive(self) -> bool:
+        """True while the supervisor runs."""
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9 the supervisor and its workers (a machine that dies)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._out.close()
+
+    def terminate(self, timeout: float) -> tuple[int, float]:
+        """SIGTERM; wait up to ``timeout`` s; return (exit status, seconds it took)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(timeout)
+        return status, time.monotonic() - started
+
+    def text(self) -> str:
+        """The log so far (for assertion messages)."""
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float, bot: BotProcess | None
+) -> None:
+    """Poll ``check`` every 20 ms until it holds; fail naming ``what`` (and the bot's log)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = bot.text()[-3000:] if bot else ""
+            raise AssertionError(f"waited {timeout} s for {what}; bot log tail:\n{tail}")
+        time.sleep(0.02)
+
+
+def put_many(client: redis.Redis, messages: Iterable[tuple[Message, str]]) -> None:
+    """Put (message, object id) pairs into botapp's client operations, 500 per script call."""
+    part = SubsystemKeys(SUBSYSTEM).partition(0)
+    items = list(messages)
+    for start in range(0, len(items), 500):
+        batch = Batch()
+        for message_, object_id in items[start : start + 500]:
+            batch.put(part, Kind.CLIENT_OPERATIONS, encode(message_, object_id=object_id))
+        batch.run_sync(client)
+
+
+def ns_of(client: redis.Redis, key: str, field: str = "n") -> list[int]:
+    """The ``n`` of every entry of stream ``key`` (decoded with the registry)."""
+    out = []
+    for entry_id, raw in entries(client.xrange(key)):
+        record = to_record(key, entry_id, raw)
+        out.append(getattr(record.message, field))
+    return out

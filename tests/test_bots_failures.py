@@ -1,0 +1,145 @@
+"""Bad input and failing handlers, with real ``python -m bots run`` processes.
+
+A poison entry is dead-lettered once and the bot goes on; a handler that fails is retried
+with growing delays; one that always fails ends Failed with one dead letter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from streams.deadletter import read_dead_letters_sync
+from streams.envelope import encode, entries
+from streams.handling import HandlingStore, Status
+from streams.keys import Kind, SubsystemKeys
+from tests.botapps import (
+    SUBSYSTEM,
+    BotProcess,
+    Do,
+    Doomed,
+    Flaky,
+    attempts_key,
+    ns_of,
+    put_many,
+    wait_until,
+)
+from tests.conftest import Backend
+
+KEYS = SubsystemKeys(SUBSYSTEM)
+PART = KEYS.partition(0)
+OPS = PART.stream(Kind.CLIENT_OPERATIONS)
+EVENTS = PART.stream(Kind.EVENTS)
+DEAD = PART.stream(Kind.DEAD_LETTERS)
+GROUPS = ("do", "flaky", "doomed", "later", "slow")
+
+
+def pending(client: redis.Redis) -> dict[str, int]:
+    """Pending entries per consumer group of botapp's client operations."""
+    return {g["name"].decode(): int(g["pending"]) for g in client.xinfo_groups(OPS)}
+
+
+def status_of(real: Backend, run: Any, concern: str, message_id: str) -> Status:
+    """The handling status of one record for one concern."""
+    store = HandlingStore(real.client(), KEYS, Kind.CLIENT_OPERATIONS, concern)
+    result: Status = run(store.status(message_id))
+    return result
+
+
+def test_a_poison_entry_is_dead_lettered_once_and_the_bot_goes_on(
+    real: Backend, tmp_path: Path
+) -> None:
+    """An entry that is no envelope, among 1,000 good operations, gives exactly one dead
+    letter (with the reason and its raw bytes, though five concerns read the stream), all
+    1,000 are handled, nothing stays pending, and the bot is still running."""
+    client = real.sync_client()
+    put_many(client, ((Do(n=n), str(n)) for n in range(500)))
+    poison = client.xadd(OPS, {b"junk": b"\xff\x00not an envelope"}).decode()
+    put_many(client, ((Do(n=n), str(n)) for n in range(500, 1000)))
+    with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
+        wait_until(
+            lambda: client.xlen(EVENTS) >= 1000 and client.xlen(DEAD) >= 1
+            and sum(pending(client).values()) == 0,
+            "1,000 operations handled and the poison dead-lettered", 45, bot,
+        )  # fmt: skip
+        assert bot.alive()
+    assert list(range(1000)) == sorted(ns_of(client, EVENTS))
+    letters = read_dead_letters_sync(client, KEYS)
+    assert 1 == len(letters), [s.letter.model_dump(exclude={"fields"}) for s in letters]
+    (stored,) = letters
+    letter = stored.letter
+    assert (OPS, poison) == (letter.stream, letter.entry_id)
+    assert "missing envelope fields" in letter.reason
+    assert {b"junk": b"\xff\x00not an envelope"} == letter.raw
+
+
+def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason(
+    real: Backend, tmp_path: Path
+) -> None:
+    """Undecodable payload, unknown type and a payload that fails validation: one dead
+    letter each, saying why; the good operation after them is handled."""
+    client = real.sync_client()
+    good = encode(Do(n=1), object_id="1")
+    fields = dict(zip(good.fields()[::2], good.fields()[1::2], strict=True))
+    bad = {
+        "payload": {**fields, "id": "m-payload", "data": b"\xc1\xc1"},
+        "type": {**fields, "id": "m-type", "type": "nobody.Knows"},
+        "invalid": {**fields, "id": "m-invalid", "data": b"\x81\xa1n\xa3abc"},
+    }
+    ids = {name: client.xadd(OPS, f).decode() for name, f in bad.items()}  # type: ignore[arg-type]
+    put_many(client, [(Do(n=2), "2")])
+    with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
+        wait_until(
+            lambda: client.xlen(DEAD) >= 3 and client.xlen(EVENTS) >= 1,
+            "three dead letters and one handled operation", 30, bot,
+        )  # fmt: skip
+    reasons = {s.letter.entry_id: s.letter.reason for s in read_dead_letters_sync(client, KEYS)}
+    assert set(ids.values()) == set(reasons)
+    assert "not valid" in reasons[ids["payload"]]
+    assert "nobody.Knows" in reasons[ids["type"]]
+    assert "does not fit" in reasons[ids["invalid"]]
+    assert [2] == ns_of(client, EVENTS)
+
+
+def test_a_handler_failing_twice_completes_on_the_third_attempt_with_growing_delays(
+    real: Backend, run: Any, tmp_path: Path
+) -> None:
+    """Attempts 1 and 2 fail; attempt 3 commits. The wait before attempt 3 is longer than the
+    wait before attempt 2 (exponential backoff: 0.4 s then 0.8 s, each up to 25% shorter)."""
+    client = real.sync_client()
+    op = encode(Flaky(n=7, failures=2), object_id="7")
+    put_many(client, [(Flaky(n=7, failures=2), "7")])
+    message_id = entries(client.xrange(OPS))[0][1][b"id"].decode()
+    with BotProcess(real.url or "", tmp_path / "bot.log", "--retry-base", "0.4") as bot:
+        wait_until(lambda: client.xlen(EVENTS) >= 1, "the third attempt to commit", 30, bot)
+        wait_until(lambda: sum(pending(client).values()) == 0, "the ack", 10, bot)
+    first, second, third = (int(t) for t in client.lrange(attempts_key(7), 0, -1))
+    assert 300 <= second - first < third - second, (first, second, third)
+    assert [7] == ns_of(client, EVENTS)
+    assert Status.COMPLETED == status_of(real, run, "flaky", message_id)
+    assert 0 == client.xlen(DEAD)
+    assert op.type == "botapp.Flaky"
+
+
+def test_a_handler_that_always_fails_ends_failed_with_one_dead_letter(
+    real: Backend, run: Any, tmp_path: Path
+) -> None:
+    """After --max-attempts 3 failed attempts the record is Failed, one dead letter holds the
+    error, its traceback and the attempt count, and nothing is left to retry."""
+    client = real.sync_client()
+    put_many(client, [(Doomed(n=3), "3")])
+    message_id = entries(client.xrange(OPS))[0][1][b"id"].decode()
+    args = ("--max-attempts", "3", "--retry-base", "0.05")
+    with BotProcess(real.url or "", tmp_path / "bot.log", *args) as bot:
+        wait_until(lambda: client.xlen(DEAD) >= 1, "the dead letter", 30, bot)
+        wait_until(lambda: sum(pending(client).values()) == 0, "the ack", 10, bot)
+    (stored,) = read_dead_letters_sync(client, KEYS)
+    letter = stored.letter
+    assert (3, "doomed", "RuntimeError") == (letter.attempts, letter.concern, letter.error_type)
+    assert "doomed operation 3 fails every time" in letter.traceback
+    assert message_id == letter.message_id
+    assert Status.FAILED == status_of(real, run, "doomed", message_id)
+    assert 0 == client.zcard(PART.delayed(Kind.CLIENT_OPERATIONS))
+    assert 3 == client.xlen(OPS)  # the original and the two retries
