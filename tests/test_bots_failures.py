@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from streams.deadletter import read_dead_letters_sync
-from streams.envelope import encode, entries
+from streams.envelope import as_str, encode, entries
 from streams.handling import HandlingStore, Status
 from streams.keys import Kind, SubsystemKeys
 from tests.botapps import (
@@ -56,7 +56,7 @@ def test_a_poison_entry_is_dead_lettered_once_and_the_bot_goes_on(
     1,000 are handled, nothing stays pending, and the bot is still running."""
     client = real.sync_client()
     put_many(client, ((Do(n=n), str(n)) for n in range(500)))
-    poison = client.xadd(OPS, {b"junk": b"\xff\x00not an envelope"}).decode()
+    poison = as_str(client.xadd(OPS, {b"junk": b"\xff\x00not an envelope"}))
     put_many(client, ((Do(n=n), str(n)) for n in range(500, 1000)))
     with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
         wait_until(
@@ -82,13 +82,13 @@ def test_each_kind_of_bad_input_is_dead_lettered_with_its_reason(
     letter each, saying why; the good operation after them is handled."""
     client = real.sync_client()
     good = encode(Do(n=1), object_id="1")
-    fields = dict(zip(good.fields()[::2], good.fields()[1::2], strict=True))
+    fields: dict[Any, Any] = dict(zip(good.fields()[::2], good.fields()[1::2], strict=True))
     bad = {
         "payload": {**fields, "id": "m-payload", "data": b"\xc1\xc1"},
         "type": {**fields, "id": "m-type", "type": "nobody.Knows"},
         "invalid": {**fields, "id": "m-invalid", "data": b"\x81\xa1n\xa3abc"},
     }
-    ids = {name: client.xadd(OPS, f).decode() for name, f in bad.items()}  # type: ignore[arg-type]
+    ids = {name: as_str(client.xadd(OPS, f)) for name, f in bad.items()}
     put_many(client, [(Do(n=2), "2")])
     with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
         wait_until(
@@ -109,7 +109,6 @@ def test_a_handler_failing_twice_completes_on_the_third_attempt_with_growing_del
     """Attempts 1 and 2 fail; attempt 3 commits. The wait before attempt 3 is longer than the
     wait before attempt 2 (exponential backoff: 0.4 s then 0.8 s, each up to 25% shorter)."""
     client = real.sync_client()
-    op = encode(Flaky(n=7, failures=2), object_id="7")
     put_many(client, [(Flaky(n=7, failures=2), "7")])
     message_id = entries(client.xrange(OPS))[0][1][b"id"].decode()
     with BotProcess(real.url or "", tmp_path / "bot.log", "--retry-base", "0.4") as bot:
@@ -120,7 +119,6 @@ def test_a_handler_failing_twice_completes_on_the_third_attempt_with_growing_del
     assert [7] == ns_of(client, EVENTS)
     assert Status.COMPLETED == status_of(real, run, "flaky", message_id)
     assert 0 == client.xlen(DEAD)
-    assert op.type == "botapp.Flaky"
 
 
 def test_a_handler_that_always_fails_ends_failed_with_one_dead_letter(
