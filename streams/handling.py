@@ -11,7 +11,10 @@ in ``keys.handling_status(kind, concern)`` (a hash, record -> status), the histo
 ``keys.handling_history(kind, concern, record)`` (a list), and two kinds of switch in
 ``keys.handling_flags(kind)``: ``stream:<concern>`` (the stream is disabled for a concern: a
 claim is BLOCKED) and ``<record>`` (the record is disabled for every concern: a claim is
-SKIPPED). Switch changes are logged in a list beside the flags (``flags_log``).
+SKIPPED). Switch changes are logged in a list beside the flags (``flags_log``). While a
+record's flag is set every concern reports it DisabledForRecord; the concern it was disabled
+through also stores that status (so its transitions are refused naming it), and enabling it
+through any concern clears both.
 
 A record is a message id; it lives in the partition of its object id (or of its message id
 when it has none), the same partition a put wrote it to. Message ids are hex, so a record's
@@ -211,8 +214,10 @@ def transition(  # noqa: PLR0917 - positional order is the bots' contract
         action=action.value,
     )
     if action in (Action.DISABLE_RECORD, Action.ENABLE_RECORD):
-        # The record-wide flag makes claims of every other concern skip the record too.
-        _flag_change(batch, keys, kind, concern, record, action, at, details, tags, actor)
+        # The record-wide flag makes claims of every other concern skip the record too. A
+        # record another concern disabled is DisabledForRecord here too: not disabled twice.
+        once = [Status.AVAILABLE_BY_DEFAULT.value] if action is Action.DISABLE_RECORD else []
+        _flag_change(batch, keys, kind, concern, record, action, at, details, tags, actor, once)
 
 
 def _flag_change(  # noqa: PLR0917 - internal, mirrors transition()

@@ -227,26 +227,30 @@ def test_a_disabled_record_is_skipped_by_every_concern(backend: Backend, run: Ru
     run(scenario())
 
 
-def test_any_concern_enables_a_record_for_all_that_disabled_it(
+def test_a_record_disabled_through_one_concern_is_enabled_through_any(
     backend: Backend, run: Run[None]
 ) -> None:
-    """A record disabled through two concerns, enabled through a third, is available again
-    in all of them, each with the enable in its history; a second enable is refused."""
+    """A record disabled through one concern is disabled in all (disabling it again through
+    another is refused); enabled through another, it is available again in all, the enable
+    logged where it was disabled; a second enable is refused."""
     sub = backend.subsystem("mail", partitions=2)
     email, slack, audit = _store(sub, "email"), _store(sub, "slack"), _store(sub, "audit")
 
     async def scenario() -> None:
         await email.disable_record("m1", object_id="order-1")
-        await slack.disable_record("m1", object_id="order-1")
+        with pytest.raises(InvalidTransition) as again:
+            await slack.disable_record("m1", object_id="order-1")
+        assert "DisabledForRecord" == again.value.current
         await audit.enable_record("m1", object_id="order-1", actor="ops")
         for store in (email, slack, audit):
             assert Status.AVAILABLE_BY_DEFAULT == await store.status("m1", "order-1")
             assert [(Claim.CLAIMED, Status.RUNNING)] == await store.claim([("m1", "order-1")])
-        for store in (email, slack):
-            history = await store.history("m1", "order-1")
-            assert [Action.DISABLE_RECORD, Action.ENABLE_RECORD, Action.CLAIM] == [
-                e.action for e in history
-            ]
+        history = await email.history("m1", "order-1")
+        assert [Action.DISABLE_RECORD, Action.ENABLE_RECORD, Action.CLAIM] == [
+            e.action for e in history
+        ]
+        assert "ops" == history[1].actor
+        assert [Action.CLAIM] == [e.action for e in await slack.history("m1", "order-1")]
         with pytest.raises(InvalidTransition) as refusal:
             await audit.enable_record("m1", object_id="order-1")
         assert "Running" == refusal.value.current
