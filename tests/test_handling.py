@@ -326,6 +326,30 @@ def test_try_handle_claims_new_entries_and_acks_the_skipped(
     run(scenario())
 
 
+def test_try_handle_leaves_an_undecodable_entry_pending_and_goes_on(
+    backend: Backend, run: Run[None]
+) -> None:
+    """An entry that is not an envelope is reported in ``invalid``, not claimed nor acked
+    (the dead-letter path takes it from the pending list); the good entries are claimed."""
+    sub = backend.subsystem("mail")
+    writer = sub.writer(OPS)
+    store = _store(sub)
+    client = backend.client()
+    stream = sub.keys.partition(0).stream(OPS)
+
+    async def scenario() -> None:
+        await writer.put(Ping(n=1), message_id="good1")
+        junk = as_str(await client.xadd(stream, {"not": "an envelope"}))
+        await writer.put(Ping(n=2), message_id="good2")
+        got = await store.try_handle("email", "bot-1", count=10)
+        assert [Ping(n=1), Ping(n=2)] == [r.message for r in got.records]
+        assert [junk] == [error.entry_id for error in got.invalid]
+        pending = await client.xpending_range(stream, "email", min="-", max="+", count=10)
+        assert 3 == len(pending)
+
+    run(scenario())
+
+
 def test_a_bot_commit_changes_status_with_its_outputs_or_not_at_all(
     backend: Backend, run: Run[None]
 ) -> None:
