@@ -29,8 +29,12 @@ RELEASED_IDLE_MS = 10**12
 
 
 def is_nogroup(exc: BaseException) -> bool:
-    """True for the server's answer about a missing group or stream."""
-    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
+    """True for the server's answers about a missing group or stream.
+
+    NOGROUP: the group (or its stream) does not exist. UNBLOCKED: the stream was deleted
+    (FLUSHALL, DEL) while an XREADGROUP was blocked on it.
+    """
+    return isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc))
 
 
 async def ensure_group(client: redis.asyncio.Redis, source: Source) -> bool:
