@@ -130,7 +130,7 @@ async def record_report(event: EmailSent, ctx: Context) -> None:
     """Once the team's email is sent, record it on the notification."""
     if event.purpose != "failure-report":
         return
-    notification = await ctx.load(Notification, event.notification_id)
+    notification = await ctx.load(Notification, event.notification_id, subsystem="notification")
     if notification.reported_at_ms or not notification.version:
         return
     reported = FailureReportedToInternalTeam(notification_id=event.notification_id,

@@ -42,6 +42,8 @@ from handlers import Context
 from streams import now_ms
 
 Decision = NotificationSent | NotificationFailed
+HOME = "notification"
+"""The subsystem the saga and the notification live in (also when handling email events)."""
 
 
 def saga_id(notification_id: str) -> str:
@@ -143,7 +145,7 @@ async def settle(ctx: Context, saga: NotificationSaga) -> None:
     decision = saga.decide(at)
     if decision is None:
         return
-    notification = await ctx.load(Notification, saga.notification_id)
+    notification = await ctx.load(Notification, saga.notification_id, subsystem=HOME)
     if notification.terminal:
         return  # cannot happen while only the saga ends notifications; never end one twice
     ctx.append(notification, decision)
@@ -154,7 +156,7 @@ async def settle(ctx: Context, saga: NotificationSaga) -> None:
 
 async def start_saga(entry: AwaitDeliveries, ctx: Context) -> None:
     """Saga bot: begin waiting for exactly the operations the entry names."""
-    saga = await ctx.load(NotificationSaga, saga_id(entry.notification_id))
+    saga = await ctx.load(NotificationSaga, saga_id(entry.notification_id), subsystem=HOME)
     if saga.started:
         return  # the entry was handled before
     ctx.append(
@@ -188,7 +190,7 @@ async def record_outcome(
     """Saga bot: an email or Slack outcome arrived; record it and settle if it can."""
     if not event.notification_id or getattr(event, "purpose", "notification") != "notification":
         return  # a send no saga waits for (a failure report to the team)
-    saga = await ctx.load(NotificationSaga, saga_id(event.notification_id))
+    saga = await ctx.load(NotificationSaga, saga_id(event.notification_id), subsystem=HOME)
     if not saga.awaits(event.operation_id):
         ctx.log.info("outcome changes nothing", operation_id=event.operation_id,
                      completed=saga.completed)  # fmt: skip
@@ -199,7 +201,7 @@ async def record_outcome(
 
 async def check_deadline(op: CheckDeadline, ctx: Context) -> None:
     """Saga bot: the deadline passed; a saga still open ends in failure for timeout."""
-    saga = await ctx.load(NotificationSaga, saga_id(op.notification_id))
+    saga = await ctx.load(NotificationSaga, saga_id(op.notification_id), subsystem=HOME)
     if saga.completed or saga.deadline_passed:
         return
     ctx.append(saga, DeadlinePassed(notification_id=op.notification_id, at_ms=now_ms()))

@@ -1,0 +1,366 @@
+"""The notification saga: exactly one terminal event whatever the order of what arrives.
+
+The saga's handlers run here in this process, each run committed like a bot commits it (its
+outputs in one ``commit.lua`` call; a version conflict reruns the handler), with no bot
+processes: every order in which the saga entry, the two outcomes and the deadline can arrive
+is driven one by one, and then again with everything delivered twice. Also the notification
+bot's choices per recipient preference. Runs on a real server and on the in-memory mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from domain import ConcurrencyConflict, Event, Message, new_message_id
+from examples.notification import config, notify, saga
+from examples.notification.aggregates import Notification
+from examples.notification.app import app
+from examples.notification.messages import (
+    TERMINAL_EVENTS,
+    AwaitDeliveries,
+    CheckDeadline,
+    EmailFailed,
+    EmailSent,
+    NotificationFailed,
+    NotificationSent,
+    NotificationSuppressed,
+    SagaCompleted,
+    SendEmail,
+    SendNotification,
+    SendSlackMessage,
+    SlackMessageFailed,
+    SlackMessageSent,
+)
+from examples.notification.saga import NotificationSaga, saga_id
+from handlers import Context, PutOutput
+from streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
+from tests.conftest import Backend, Run
+
+ARRIVALS = ("start", "email", "slack", "deadline")
+
+
+@pytest.fixture(autouse=True)
+def settings() -> Iterator[config.Config]:
+    """Handlers of this process use the built-in directory and a long default deadline."""
+    chosen = config.Config(deadline=3600)
+    config.configure(chosen)
+    yield chosen
+    config.configure(None)
+
+
+class Harness:
+    """Runs one handler of the app on one message and commits its outputs as a bot would."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.keys_of = {s: SubsystemKeys(s, app.partitions_of(s)) for s in app.subsystems()}
+
+    async def handle(
+        self, fn: Any, message: Message, *, object_id: str = "", message_id: str | None = None
+    ) -> Context:
+        """Run ``fn``'s handler on ``message`` to its commit; return the committed context."""
+        spec = next(s for s in app.handlers if s.fn is fn and type(message) in s.message_types)
+        envelope = encode(
+            message, object_id=object_id, message_id=message_id or new_message_id(),
+            types=app.types,
+        )  # fmt: skip
+        for _ in range(20):  # a conflict means another handler committed first: run again
+            ctx = Context(spec, envelope, entry_id="0-0", attempt=1, client=self.client,
+                          keys_of=self.keys_of, types=app.types)  # fmt: skip
+            result = spec.fn(message, ctx)
+            if inspect.isawaitable(result):
+                await result
+            batch = Batch()
+            ctx.compile(batch)
+            try:
+                if batch:
+                    await batch.run(self.client)
+                return ctx
+            except ConcurrencyConflict:
+                continue
+        raise AssertionError(f"{spec.name} kept conflicting")
+
+
+def puts(ctx: Context) -> dict[str, list[PutOutput]]:
+    """The puts a handler made, by target stream."""
+    out: dict[str, list[PutOutput]] = {}
+    for output in ctx.outputs:
+        if isinstance(output, PutOutput):
+            out.setdefault(str(output.target), []).append(output)
+    return out
+
+
+async def events_of(sub: Subsystem, aggregate_id: str) -> list[Event]:
+    """The events of one aggregate of ``sub``, in order."""
+    records = await sub.aggregates(Notification).events(aggregate_id)
+    return [r.message for r in records if isinstance(r.message, Event)]
+
+
+def terminal(events: list[Event]) -> list[Event]:
+    """The terminal events among ``events``."""
+    return [e for e in events if isinstance(e, TERMINAL_EVENTS)]
+
+
+class Workflow:
+    """One notification to alice (email and Slack) and the arrivals its saga awaits."""
+
+    def __init__(self, harness: Harness, sub: Subsystem, nid: str) -> None:
+        self.harness = harness
+        self.sub = sub
+        self.nid = nid
+        self.arrivals: dict[str, tuple[Any, Message]] = {}
+
+    async def request(self, email_ok: bool, slack_ok: bool) -> None:
+        """Handle the client's operation; prepare the four arrivals from what it put."""
+        op = SendNotification(notification_id=self.nid, recipient="alice", subject="s", body="b")
+        ctx = await self.harness.handle(notify.request_notification, op, object_id=self.nid)
+        put = puts(ctx)
+        email = put["email/client-ops"][0].envelope
+        slack = put["slack/client-ops"][0].envelope
+        entry = put["notification/sagas"][0]
+        at = now_ms()
+        email_outcome: Message = (
+            EmailSent(delivery_id=f"{self.nid}.email", operation_id=email.message_id,
+                      to="alice@example.com", notification_id=self.nid, at_ms=at)
+            if email_ok
+            else EmailFailed(delivery_id=f"{self.nid}.email", operation_id=email.message_id,
+                             to="alice@example.com", error="SMTP 550 no such mailbox",
+                             notification_id=self.nid, at_ms=at)
+        )  # fmt: skip
+        slack_outcome: Message = (
+            SlackMessageSent(delivery_id=f"{self.nid}.slack", operation_id=slack.message_id,
+                             channel="#alice", notification_id=self.nid, at_ms=at)
+            if slack_ok
+            else SlackMessageFailed(delivery_id=f"{self.nid}.slack",
+                                    operation_id=slack.message_id, channel="#alice",
+                                    error="404 channel_not_found", notification_id=self.nid,
+                                    at_ms=at)
+        )  # fmt: skip
+        start = AwaitDeliveries.model_validate(
+            {"notification_id": self.nid, "awaited": {email.message_id: "email",
+             slack.message_id: "slack"}, "deadline_ms": at + 3_600_000}
+        )  # fmt: skip
+        assert start.awaited == saga_start_of(entry).awaited
+        self.arrivals = {
+            "start": (saga.start_saga, start),
+            "email": (saga.record_outcome, email_outcome),
+            "slack": (saga.record_outcome, slack_outcome),
+            "deadline": (saga.check_deadline, CheckDeadline(notification_id=self.nid)),
+        }
+
+    async def arrive(self, name: str, message_id: str | None = None) -> None:
+        """Deliver one arrival to its handler."""
+        fn, message = self.arrivals[name]
+        await self.harness.handle(fn, message, object_id=self.nid, message_id=message_id)
+
+    async def notification_events(self) -> list[Event]:
+        """The notification aggregate's events."""
+        return await events_of(self.sub, self.nid)
+
+    async def saga_events(self) -> list[Event]:
+        """The saga aggregate's events."""
+        return await events_of(self.sub, saga_id(self.nid))
+
+
+def saga_start_of(entry: PutOutput) -> AwaitDeliveries:
+    """The saga entry a put carries."""
+    message = decode(str(entry.target), "0-0", entry.envelope, app.types)
+    assert isinstance(message, AwaitDeliveries)
+    return message
+
+
+def expected_end(order: tuple[str, ...], email_ok: bool, slack_ok: bool) -> tuple[str, str]:
+    """A plain model of the saga: (terminal event type, failure reason or "")."""
+    started, outcomes, deadline = False, set(), False
+    for name in order:
+        started |= name == "start"
+        deadline |= name == "deadline"
+        if name in ("email", "slack"):
+            outcomes.add(name)
+        if started and outcomes == {"email", "slack"}:
+            return ("NotificationSent", "") if email_ok and slack_ok else (
+                "NotificationFailed", "channels-failed")  # fmt: skip
+        if started and deadline:
+            return ("NotificationFailed", "timeout")
+    raise AssertionError("every order ends with all four arrived")
+
+
+def describe(event: Event) -> tuple[str, str]:
+    """(type, reason) of a terminal event."""
+    return type(event).__name__, getattr(event, "reason", "")
+
+
+OUTCOME_CASES = [(True, True), (False, True), (True, False), (False, False)]
+
+
+@pytest.mark.parametrize(("email_ok", "slack_ok"), OUTCOME_CASES)
+def test_every_order_of_outcomes_and_deadline_ends_once(
+    backend: Backend, run: Run[None], email_ok: bool, slack_ok: bool
+) -> None:
+    """For all 6 orders of the two outcomes and the deadline (after the saga entry), and for
+    all 24 orders with the saga entry anywhere, exactly one terminal event is appended, the
+    one the order calls for; delivering everything a second time changes nothing."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+    harness = Harness(client)
+
+    async def scenario() -> None:
+        orders = list(itertools.permutations(ARRIVALS))
+        assert 24 == len(orders)
+        assert 6 == len([o for o in orders if o[0] == "start"])
+        for number, order in enumerate(orders):
+            flow = Workflow(harness, sub, f"{number + 1}")
+            await flow.request(email_ok, slack_ok)
+            ids = {name: new_message_id() for name in ARRIVALS}
+            for name in order:
+                await flow.arrive(name, ids[name])
+            ended = terminal(await flow.notification_events())
+            assert [expected_end(order, email_ok, slack_ok)] == [describe(e) for e in ended]
+            before = (await flow.notification_events(), await flow.saga_events())
+            for name in order:  # the same deliveries again, then new copies of each
+                await flow.arrive(name, ids[name])
+                await flow.arrive(name)
+            assert before == (await flow.notification_events(), await flow.saga_events())
+            completions = [e for e in before[1] if isinstance(e, SagaCompleted)]
+            assert 1 == len(completions), order
+
+    run(scenario())
+
+
+def test_racing_arrivals_end_once(backend: Backend, run: Run[None]) -> None:
+    """Outcomes and the deadline handled at the same time (as bots of different concerns
+    would) still end each notification exactly once; the losers of each race rerun and find
+    the saga settled."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+    harness = Harness(client)
+
+    async def scenario() -> None:
+        for number in range(8):
+            flow = Workflow(harness, sub, f"race-{number}")
+            await flow.request(email_ok=number % 2 == 0, slack_ok=True)
+            await flow.arrive("start")
+            await asyncio.gather(*(flow.arrive(n) for n in ("email", "slack", "deadline")))
+            assert 1 == len(terminal(await flow.notification_events()))
+            saga_events = await flow.saga_events()
+            assert 1 == len([e for e in saga_events if isinstance(e, SagaCompleted)])
+
+    run(scenario())
+
+
+def test_deadline_names_what_arrived_and_what_did_not(backend: Backend, run: Run[None]) -> None:
+    """A timeout names the channel that never reported as missing and keeps the one that
+    succeeded; the late outcome after it is a no-op."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+
+    async def scenario() -> None:
+        flow = Workflow(Harness(client), sub, "late")
+        await flow.request(email_ok=True, slack_ok=True)
+        for name in ("start", "email", "deadline", "slack"):
+            await flow.arrive(name)
+        ended = terminal(await flow.notification_events())
+        assert 1 == len(ended)
+        failed = ended[0]
+        assert isinstance(failed, NotificationFailed)
+        assert ("timeout", ("email",), ("slack",), {}) == (
+            failed.reason, failed.succeeded, failed.missing, failed.failed
+        )  # fmt: skip
+
+    run(scenario())
+
+
+def test_channels_failed_names_failed_and_succeeded(backend: Backend, run: Run[None]) -> None:
+    """When one channel fails, the failure names it with its error and the succeeded one."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+
+    async def scenario() -> None:
+        flow = Workflow(Harness(client), sub, "half")
+        await flow.request(email_ok=False, slack_ok=True)
+        for name in ("start", "slack", "email"):
+            await flow.arrive(name)
+        ended = terminal(await flow.notification_events())
+        assert 1 == len(ended)
+        failed = ended[0]
+        assert isinstance(failed, NotificationFailed)
+        assert ("channels-failed", {"email": "SMTP 550 no such mailbox"}, ("slack",)) == (
+            failed.reason, failed.failed, failed.succeeded
+        )  # fmt: skip
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("recipient", "targets", "ending"),
+    [
+        ("alice", {"email/client-ops", "slack/client-ops"}, None),
+        ("bob", {"email/client-ops"}, None),
+        ("carol", {"slack/client-ops"}, None),
+        ("dave", set(), NotificationSuppressed),
+        ("nobody", set(), NotificationFailed),
+    ],
+)
+def test_notification_bot_follows_preferences(
+    backend: Backend, run: Run[None], recipient: str, targets: set[str], ending: type | None
+) -> None:
+    """Both, email only, Slack only: one send operation per preferred channel, tagged with
+    the address, and a saga awaiting exactly those with a parked deadline; opted out of all:
+    suppressed at once, nothing sent; unknown entity: failed at once."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+
+    async def scenario() -> None:
+        op = SendNotification(notification_id="7", recipient=recipient, subject="s", body="b")
+        ctx = await Harness(client).handle(notify.request_notification, op, object_id="7")
+        put = puts(ctx)
+        sends = {t for t in put if t in ("email/client-ops", "slack/client-ops")}
+        assert targets == sends
+        events = await events_of(sub, "7")
+        if ending is not None:
+            assert [ending] == [type(e) for e in terminal(events)]
+            assert {} == {t: p for t, p in put.items()}
+            return
+        assert [] == terminal(events)
+        entry = saga_start_of(put["notification/sagas"][0])
+        sent_ids = {p.envelope.message_id: t.split("/")[0] for t in sends for p in put[t]}
+        assert sent_ids == entry.awaited
+        deadline = put["notification/internal-ops"][0]
+        assert entry.deadline_ms == deadline.due_ms
+        for target in sends:
+            tags = dict(put[target][0].envelope.tags)
+            message = app.types.of_name(put[target][0].envelope.type).cls
+            assert message in (SendEmail, SendSlackMessage)
+            assert "7" == tags["notification"]
+            assert ("to" in tags) == (target == "email/client-ops")
+            assert ("channel" in tags) == (target == "slack/client-ops")
+
+    run(scenario())
+
+
+def test_saga_settles_sent_when_all_succeed(backend: Backend, run: Run[None]) -> None:
+    """Both outcomes succeeded: NotificationSent names both channels; the saga completed
+    with result "sent" and the notification's status is sent."""
+    client = backend.client()
+    sub = Subsystem("notification", client)
+
+    async def scenario() -> None:
+        flow = Workflow(Harness(client), sub, "ok")
+        await flow.request(email_ok=True, slack_ok=True)
+        for name in ("email", "start", "slack"):
+            await flow.arrive(name)
+        ended = terminal(await flow.notification_events())
+        assert [NotificationSent(notification_id="ok", channels=("email", "slack"),
+                                 at_ms=ended[0].at_ms)] == ended  # type: ignore[attr-defined]  # fmt: skip
+        state = await sub.aggregates(NotificationSaga).load(saga_id("ok"))
+        notification = await sub.aggregates(Notification).load("ok")
+        assert (True, "sent", "sent") == (state.completed, state.result, notification.status)
+
+    run(scenario())
