@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from handlers import App, Context
 from streams import Kind, Subsystem, SubsystemKeys
 from streams.cli import build_parser
+from streams.envelope import as_str
 from tests.conftest import Backend
-from tests.messages import Ping
+from tests.messages import Account, Deposited, Ping
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -314,3 +317,167 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
     assert "Traceback" not in result.stderr
     assert 0 == tail.returncode, tail.stderr
     assert 1 == len(tail.stdout.splitlines())
+
+
+# -- dead letters and failed records, made by a real bot -------------------------------------
+
+CLI_APP = App("clitest")
+BROKEN = "clitest:broken"
+"""A set of job numbers the ``work`` handler fails on (the test's switch for 'a bug')."""
+
+
+@CLI_APP.handler(Ping, stream="jobs/client-ops", concern="work", appends=["jobs"])
+async def work(op: Ping, ctx: Context) -> None:
+    """Fails for a job number in BROKEN; otherwise deposits it on the job's account."""
+    if await ctx.client.sismember(BROKEN, str(op.n)):  # type: ignore[misc]
+        raise RuntimeError(f"job {op.n} is broken")
+    job = await ctx.load(Account, ctx.object_id)
+    ctx.append(job, Deposited(amount=op.n))
+
+
+@CLI_APP.handler(Ping, stream="jobs/client-ops", concern="audit")
+async def audit(op: Ping, ctx: Context) -> None:
+    """Another concern on the same stream: always succeeds, must never run twice."""
+
+
+JOBS = SubsystemKeys("jobs").partition(0)
+OPS = JOBS.stream(Kind.CLIENT_OPERATIONS)
+
+
+@pytest.fixture
+def bot(real: Backend, tmp_path: Path) -> Iterator[Path]:
+    """``python -m bots run`` over CLI_APP (one attempt, fast mover); yields its log file."""
+    log = tmp_path / "bot.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    args = [
+        sys.executable, "-m", "bots", "run", "tests.test_streams_cli:CLI_APP",
+        "--url", real.url or "", "--max-attempts", "1", "--batch", "8", "--block-ms", "100",
+        "--mover-interval", "0.05",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield log
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(TIMEOUT)
+
+
+def job(run: Callable[[Any], Any], real: Backend, n: int) -> str:
+    """Put job ``n`` (object id j<n>) into jobs/client-ops; return its message id."""
+    message_id = f"{n:032x}"
+    ops = Subsystem("jobs", real.client()).writer("client-ops")
+    run(ops.put(Ping(n=n), object_id=f"j{n}", message_id=message_id))
+    return message_id
+
+
+def statuses(admin: redis.Redis, concern: str) -> dict[str, str]:
+    """record -> handling status of jobs/client-ops for ``concern``."""
+    found = admin.hgetall(JOBS.handling_status(Kind.CLIENT_OPERATIONS, concern))
+    return {k.decode(): v.decode() for k, v in found.items()}
+
+
+def wait_for(admin: redis.Redis, done: Callable[[], bool], what: str, log: Path) -> None:
+    """Wait (at most TIMEOUT s) until ``done()``, waking whenever the jobs streams change."""
+    deadline = time.monotonic() + TIMEOUT
+    watched = [OPS, JOBS.stream(Kind.EVENTS), JOBS.stream(Kind.DEAD_LETTERS)]
+    cursors: dict[Any, Any] = {key: "$" for key in watched}
+    while not done():
+        if time.monotonic() > deadline:
+            state = {
+                "work": statuses(admin, "work"),
+                "dead letters": admin.xlen(JOBS.stream(Kind.DEAD_LETTERS)),
+            }
+            raise AssertionError(
+                f"no {what} after {TIMEOUT}s ({state}); bot log:\n{log.read_text()[-3000:]}"
+            )
+        for key, found in admin.xread(cursors, block=100) or []:
+            cursors[key] = found[-1][0]
+
+
+def test_dead_letters_list_and_retry_a_failed_record_for_its_concern_only(
+    real: Backend, run: Callable[[Any], Any], bot: Path
+) -> None:
+    """A job whose handler failed is listed by 'failed list' and 'dead-letters list' with
+    its reason; 'dead-letters retry' after the fix makes the bot handle it again for that
+    concern only, and shows it retried; 'show' tells the whole story."""
+    admin = real.sync_client()
+    url = real.url or ""
+    admin.sadd(BROKEN, "2")
+    good, bad = job(run, real, 1), job(run, real, 2)
+    wait_for(admin, lambda: statuses(admin, "work").get(bad) == "Failed"
+             and len(statuses(admin, "audit")) == 2, "failed job", bot)  # fmt: skip
+    failed = json_lines(cli("failed", "list", "jobs/client-ops", "--concern", "work", "--json",
+                            "--url", url).stdout)  # fmt: skip
+    assert [(bad, "j2", "test.Ping", 1)] == [
+        (r["id"], r["obj"], r["type"], r["attempts"]) for r in failed
+    ]
+    assert "job 2 is broken" in failed[0]["reason"]
+    letters = json_lines(cli("dead-letters", "list", "jobs", "--json", "--url", url).stdout)
+    assert [(bad, "open", "work", {"n": 2, "text": ""})] == [
+        (r["id"], r["state"], r["concern"], r["original"]["data"]) for r in letters
+    ]
+    admin.srem(BROKEN, "2")
+    retried = cli("dead-letters", "retry", "jobs", bad, "--url", url)
+    assert 0 == retried.returncode, retried.stderr
+    assert f"retried {bad} into jobs/client-ops for work" in retried.stdout
+    wait_for(admin, lambda: statuses(admin, "work").get(bad) == "Completed", "retried job", bot)
+    assert {good: "Completed", bad: "Completed"} == statuses(admin, "audit")
+    audit_history = admin.llen(JOBS.handling_history(Kind.CLIENT_OPERATIONS, "audit", bad))
+    assert 2 == audit_history  # claim, complete: the retry did not run audit again
+    assert [] == json_lines(cli("dead-letters", "list", "jobs", "--json", "--url", url).stdout)
+    everything = json_lines(
+        cli("dead-letters", "list", "jobs", "--all", "--json", "--url", url).stdout
+    )
+    assert ["retried"] == [r["state"] for r in everything]
+    again = cli("dead-letters", "retry", "jobs", bad, "--url", url)
+    assert 2 == again.returncode
+    assert "already retried" in again.stderr
+    (shown,) = json_lines(cli("show", "jobs/client-ops", "j2", "--json", "--url", url).stdout)
+    work_row = next(row for row in shown["handling"] if row["concern"] == "work")
+    assert ["claim", "fail", "reset-failed", "claim", "complete"] == [
+        step["action"] for step in work_row["history"]
+    ]
+    assert "Completed" == work_row["status"]
+
+
+def test_failed_retry_and_archive_and_bad_input(
+    real: Backend, run: Callable[[Any], Any], bot: Path
+) -> None:
+    """'failed retry' resets and re-runs a Failed record; 'failed archive' sets
+    ArchivedAfterFailure and archives its dead letter; a dead letter of junk cannot be
+    retried (there is no envelope to put back) but can be archived."""
+    admin = real.sync_client()
+    url = real.url or ""
+    admin.sadd(BROKEN, "3", "4")
+    three, four = job(run, real, 3), job(run, real, 4)
+    junk = as_str(admin.xadd(OPS, {"junk": "not an envelope"}))
+    wait_for(admin, lambda: statuses(admin, "work").get(three) == "Failed"
+             and statuses(admin, "work").get(four) == "Failed"
+             and admin.xlen(JOBS.stream(Kind.DEAD_LETTERS)) == 3, "failures", bot)  # fmt: skip
+    admin.srem(BROKEN, "3")
+    retried = cli("failed", "retry", "jobs/client-ops", "--concern", "work", three, "--url", url)
+    assert 0 == retried.returncode, retried.stderr
+    archived = cli(
+        "failed", "archive", "jobs/client-ops", "--concern", "work", "--all", "--url", url
+    )
+    assert 0 == archived.returncode, archived.stderr
+    assert "1 record(s) archived" in archived.stdout
+    wait_for(admin, lambda: statuses(admin, "work").get(three) == "Completed", "retry", bot)
+    assert "ArchivedAfterFailure" == statuses(admin, "work")[four]
+    states = {r["id"]: r["state"] for r in json_lines(
+        cli("dead-letters", "list", "jobs", "--all", "--json", "--url", url).stdout)}  # fmt: skip
+    assert {three: "retried", four: "archived", junk: "open"} == states
+    refused = cli("dead-letters", "retry", "jobs", junk, "--url", url)
+    assert 2 == refused.returncode
+    assert "archive it" in refused.stderr
+    put_away = cli("dead-letters", "archive", "jobs", "--all", "--url", url)
+    assert 0 == put_away.returncode, put_away.stderr
+    assert f"archived {junk}" in put_away.stdout
+    assert [] == json_lines(cli("dead-letters", "list", "jobs", "--json", "--url", url).stdout)
+    listing = cli("failed", "list", "jobs/client-ops", "--concern", "work", "--url", url)
+    assert "0 record(s) Failed for work on jobs/client-ops" in listing.stdout

@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one command; return its exit status (0 ok, 2 error)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot match a list of ids that comes after an option ("retry S --concern C
+    # ID"); take such trailing ids as the list they belong to.
+    if extra and isinstance(getattr(args, "ids", None), list):
+        if any(each.startswith("-") for each in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.ids += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status: int = args.func(args, out or sys.stdout)
     except StreamCQRSError as exc:

@@ -8,10 +8,10 @@ operator action is one atomic commit in the partition of the original entry: the
 letter's mark, the original record's status (Failed -> AvailableAfterFailure on retry,
 Failed -> ArchivedAfterFailure on archive) and the entry put back, all or nothing.
 
-A retried entry is parked in its stream's delayed set, due at once, for its concern only:
-the bot consuming that stream moves it in within its mover interval, and only that concern
-handles it again (the others already have). A dead letter of bad input (no concern) is put
-straight back into its stream for every consumer.
+A retried Failed record is parked in its stream's delayed set, due at once, for its concern
+only: the bot consuming that stream moves it in within its mover interval, and only that
+concern handles it again (the others already have). A dead letter of bad input (never
+claimed by any concern) is put straight back into its stream for every consumer.
 """
 
 from __future__ import annotations
@@ -282,10 +282,13 @@ def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
     if failed:
         transition(batch, part, kind, letter.concern, letter.message_id, Action.RESET_FAILED,
                    details="retried from its dead letter", actor=actor())  # fmt: skip
-    put_back(batch, part, kind, envelope, letter.concern)
+    # A handler's failure is retried for its concern only; bad input (never claimed) was
+    # bad for every consumer of the stream, so it goes back to all of them.
+    concern = letter.concern if failed else ""
+    put_back(batch, part, kind, envelope, concern)
     batch.run_sync(client)
     where = f"{part.subsystem}/{kind}"
-    return f"retried {found.id} into {where}" + (f" for {letter.concern}" if letter.concern else "")
+    return f"retried {found.id} into {where}" + (f" for {concern}" if concern else "")
 
 
 def dead_act_command(args: argparse.Namespace, out: TextIO) -> int:
