@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -32,7 +32,7 @@ from streams import Batch, Kind, OnExisting, Settings, Subsystem, SubsystemKeys,
 from streams.aggregates import AggregateStore
 from streams.deadletter import read_dead_letters_sync
 from streams.delayed import Delayed
-from streams.envelope import as_str, parse
+from streams.envelope import Entry, as_str, parse
 from streams.stream import build_put
 from tests.conftest import Backend
 from tests.messages import Account, Deposited, Opened, Ping
@@ -80,6 +80,8 @@ AUDIT = SubsystemKeys("audit")
 O0 = ORDERS.partition(0)
 CLIENT, BOT, API = "orders-client", "acltest-bot", "acltest-api"
 CO = Kind.CLIENT_OPERATIONS
+ReadReply = list[tuple[bytes, list[Entry]]]
+"""What XREAD/XREADGROUP answer on a client without decode_responses."""
 
 
 class Users:
@@ -381,7 +383,7 @@ def test_client_puts_and_takes_ids_as_its_user(users: Users, run: Callable[[Any]
     assert [1, 2] == run(scenario())
     admin = Subsystem("orders", users.admin_aio())
     stored = run(admin.reader("client-ops").read())
-    assert [1, 2] == [r.message.n for r in stored]  # type: ignore[attr-defined]
+    assert [Ping(n=1), Ping(n=2)] == [r.message for r in stored]
     assert 1 == users.admin.zcard(O0.delayed(Kind.CLIENT_OPERATIONS))
     per_partition = [
         users.admin.xlen(BILLING.partition(p).stream(Kind.CLIENT_OPERATIONS)) for p in (0, 1)
@@ -435,7 +437,9 @@ def test_bot_consumes_and_commits_declared_outputs_as_its_user(
     async def scenario() -> tuple[Any, ...]:
         await bot.xgroup_create(ops, "place", id="0", mkstream=True)
         await client.put(Ping(n=5), object_id="o-1")
-        ((_, found),) = await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        ((_, found),) = cast(
+            ReadReply, await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        )
         ((raw_id, raw),) = found
         entry_id = as_str(raw_id)
         envelope = parse(ops, entry_id, raw)
@@ -491,7 +495,9 @@ def test_bot_commit_with_an_undeclared_output_is_refused_whole(
     async def scenario() -> tuple[Any, ...]:
         await bot.xgroup_create(ops, "place", id="0", mkstream=True)
         await Subsystem("orders", users.aio(CLIENT)).writer("client-ops").put(Ping(n=1))
-        ((_, found),) = await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        ((_, found),) = cast(
+            ReadReply, await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
+        )
         entry_id = as_str(found[0][0])
         batch = Batch()
         batch.put(BILLING.partition(0), CO, encode(Ping(n=2), object_id="b"))
@@ -522,7 +528,7 @@ def test_bot_moves_delayed_entries_and_dead_letters_as_its_user(
     users.admin.zadd(delayed_set, {parked.pack(): 1})
 
     async def scenario() -> None:
-        (member,) = await bot.zrangebyscore(delayed_set, 0, 10)
+        (member,) = cast(list[bytes], await bot.zrangebyscore(delayed_set, 0, 10))
         due = Delayed.unpack(member)
         batch = Batch()
         batch.take(delayed_set, member)
@@ -612,6 +618,6 @@ def wait_until(
             raise AssertionError(
                 f"waited {timeout}s for {what}; bot log:\n{log.read_text()[-3000:]}"
             )
-        reply = admin.xread(cursors, block=200)
+        reply = cast(ReadReply, admin.xread(cursors, block=200))
         for key, found in reply or []:
             cursors[key] = found[-1][0]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -183,7 +183,12 @@ def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     assert proc.stdout is not None
     stdout = proc.stdout
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     return lines
 
 
@@ -329,7 +334,7 @@ BROKEN = "clitest:broken"
 @CLI_APP.handler(Ping, stream="jobs/client-ops", concern="work", appends=["jobs"])
 async def work(op: Ping, ctx: Context) -> None:
     """Fails for a job number in BROKEN; otherwise deposits it on the job's account."""
-    if await ctx.client.sismember(BROKEN, str(op.n)):  # type: ignore[misc]
+    if await ctx.client.sismember(BROKEN, str(op.n)):
         raise RuntimeError(f"job {op.n} is broken")
     job = await ctx.load(Account, ctx.object_id)
     ctx.append(job, Deposited(amount=op.n))
@@ -341,7 +346,8 @@ async def audit(op: Ping, ctx: Context) -> None:
 
 
 JOBS = SubsystemKeys("jobs").partition(0)
-OPS = JOBS.stream(Kind.CLIENT_OPERATIONS)
+CO = Kind.CLIENT_OPERATIONS
+OPS = JOBS.stream(CO)
 
 
 @pytest.fixture
@@ -377,7 +383,7 @@ def job(run: Callable[[Any], Any], real: Backend, n: int) -> str:
 
 def statuses(admin: redis.Redis, concern: str) -> dict[str, str]:
     """record -> handling status of jobs/client-ops for ``concern``."""
-    found = admin.hgetall(JOBS.handling_status(Kind.CLIENT_OPERATIONS, concern))
+    found = cast(dict[bytes, bytes], admin.hgetall(JOBS.handling_status(CO, concern)))
     return {k.decode(): v.decode() for k, v in found.items()}
 
 
@@ -395,7 +401,9 @@ def wait_for(admin: redis.Redis, done: Callable[[], bool], what: str, log: Path)
             raise AssertionError(
                 f"no {what} after {TIMEOUT}s ({state}); bot log:\n{log.read_text()[-3000:]}"
             )
-        for key, found in admin.xread(cursors, block=100) or []:
+        for key, found in (
+            cast(list[tuple[bytes, list[Any]]], admin.xread(cursors, block=100)) or []
+        ):
             cursors[key] = found[-1][0]
 
 
