@@ -1,0 +1,143 @@
+"""The commit ops the bot runtime relies on: OWNS, TOUCH, OUTBOX routing, pipelined commits.
+
+OWNS makes a commit all-or-nothing on "this consumer still owns its input": a bot that lost
+its entry to XAUTOCLAIM writes nothing. TOUCH keeps (or releases) a claim. A batch built for
+a cluster partition routes outputs for other slots into the partition's outbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from domain.errors import ConcurrencyConflict
+from streams.commit import Batch, NotOwner, run_many
+from streams.envelope import as_str, encode, entries
+from streams.keys import Kind, SubsystemKeys
+from streams.scripts import script
+from tests.conftest import Backend
+from tests.messages import Opened, Ping
+
+PART = SubsystemKeys("owned").partition(0)
+OTHER = SubsystemKeys("elsewhere").partition(0)
+OPS = PART.stream(Kind.CLIENT_OPERATIONS)
+EVENTS = PART.stream(Kind.EVENTS)
+
+
+def delivered(client: redis.Redis, consumer: str = "a") -> str:
+    """Put one operation and deliver it to ``consumer`` of group g; return its entry id."""
+    batch = Batch()
+    batch.put(PART, Kind.CLIENT_OPERATIONS, encode(Ping(n=1), object_id="1"))
+    batch.run_sync(client)
+    client.xgroup_create(OPS, "g", id="0")
+    reply: Any = client.xreadgroup("g", consumer, {OPS: ">"}, count=1)
+    return as_str(reply[0][1][0][0])
+
+
+def commit_of(entry_id: str, consumer: str) -> Batch:
+    """A handler's commit: OWNS, one output event, ACK."""
+    batch = Batch()
+    batch.owns(OPS, "g", consumer, [entry_id])
+    batch.append(PART, "acct-1", [encode(Opened(owner="ann"), object_id="acct-1")], 0)
+    batch.ack(OPS, "g", [entry_id])
+    return batch
+
+
+def test_a_commit_by_the_owner_writes_and_acks(real: Backend) -> None:
+    """The consumer that holds the entry commits: output written, entry acked."""
+    client = real.sync_client()
+    entry_id = delivered(client)
+    commit_of(entry_id, "a").run_sync(client)
+    assert (1, 0) == (client.xlen(EVENTS), client.xpending(OPS, "g")["pending"])
+
+
+def test_a_commit_after_a_take_over_writes_nothing(real: Backend) -> None:
+    """Consumer b took the entry over (XCLAIM, as XAUTOCLAIM does after the visibility
+    timeout): a's late commit raises NotOwner and writes nothing; b's commit goes through."""
+    client = real.sync_client()
+    entry_id = delivered(client)
+    client.xclaim(OPS, "g", "b", 0, [entry_id])
+    with pytest.raises(NotOwner):
+        commit_of(entry_id, "a").run_sync(client)
+    assert 0 == client.xlen(EVENTS)
+    assert 1 == client.xpending(OPS, "g")["pending"]
+    commit_of(entry_id, "b").run_sync(client)
+    assert (1, 0) == (client.xlen(EVENTS), client.xpending(OPS, "g")["pending"])
+
+
+def test_a_commit_resent_after_it_went_through_writes_nothing(real: Backend) -> None:
+    """A commit whose reply was lost and is sent again finds its entry acked: NotOwner, and
+    no second copy of its outputs."""
+    client = real.sync_client()
+    entry_id = delivered(client)
+    commit_of(entry_id, "a").run_sync(client)
+    with pytest.raises(NotOwner):
+        commit_of(entry_id, "a").run_sync(client)
+    assert 1 == client.xlen(EVENTS)
+
+
+def test_a_commit_after_the_group_vanished_writes_nothing(real: Backend) -> None:
+    """After the group is destroyed (as by FLUSHALL), OWNS fails cleanly as NotOwner."""
+    client = real.sync_client()
+    entry_id = delivered(client)
+    client.xgroup_destroy(OPS, "g")
+    with pytest.raises(NotOwner):
+        commit_of(entry_id, "a").run_sync(client)
+    assert 0 == client.xlen(EVENTS)
+
+
+def test_touch_resets_idle_only_for_entries_the_consumer_owns(real: Backend) -> None:
+    """TOUCH by the owner resets the entry's idle time; by another consumer it does
+    nothing and reports nothing; with a huge idle it makes the entry claimable at once."""
+    client = real.sync_client()
+    entry_id = delivered(client)
+    batch = Batch()
+    batch.touch(OPS, "g", "b", [entry_id])
+    assert [[]] == batch.run_sync(client)
+    batch = Batch()
+    batch.touch(OPS, "g", "a", [entry_id], idle_ms=10**9)
+    assert [[entry_id.encode()]] == batch.run_sync(client)
+    info: Any
+    (info,) = client.xpending_range(OPS, "g", "-", "+", 1)
+    assert ("a", True) == (as_str(info["consumer"]), info["time_since_delivered"] >= 10**9)
+    claimed: Any = client.xautoclaim(OPS, "g", "b", 60_000, count=10, justid=True)
+    assert [entry_id.encode()] == claimed  # redis-py returns just the ids with JUSTID
+
+
+def test_on_a_cluster_outputs_for_other_slots_go_to_the_outbox(real: Backend) -> None:
+    """A batch built with home=partition writes same-slot outputs directly and puts each
+    output bound for another hash tag into home's outbox, as the one-op commit a relay runs
+    there; nothing is written to the other slot by this commit."""
+    client = real.sync_client()
+    batch = Batch(home=PART)
+    batch.put(PART, Kind.EVENTS, encode(Ping(n=1), object_id="here"))
+    routed = encode(Ping(n=2), object_id="there")
+    batch.put(OTHER, Kind.CLIENT_OPERATIONS, routed)
+    assert {PART.tag} == {key[: key.index("}") + 1] for key in batch.keys}
+    batch.run_sync(client)
+    assert (1, 0) == (client.xlen(EVENTS), client.exists(OTHER.stream(Kind.CLIENT_OPERATIONS)))
+    ((_, fields),) = entries(client.xrange(PART.outbox))
+    assert (routed.message_id.encode(), OTHER.tag.encode()) == (fields[b"id"], fields[b"tag"])
+    # What the relay does: run the stored one-op commit in the other slot.
+    keys, args = msgpack.unpackb(fields[b"keys"]), msgpack.unpackb(fields[b"args"])
+    script("commit").run_sync(client, keys, args)
+    assert 1 == client.xlen(OTHER.stream(Kind.CLIENT_OPERATIONS))
+
+
+def test_pipelined_commits_fail_one_by_one(real: Backend, run: Any) -> None:
+    """run_many sends several commits in one round trip; a version conflict fails only its
+    own batch, the others are written."""
+    client = real.client()
+    batches = []
+    for owner in ("ann", "bob", "cy"):
+        batch = Batch()
+        batch.append(PART, f"acct-{owner}", [encode(Opened(owner=owner))], 0)
+        batches.append(batch)
+    conflicting = Batch()
+    conflicting.append(PART, "acct-ann", [encode(Opened(owner="again"))], 0)
+    results = run(run_many(client, [*batches[:1], conflicting, *batches[1:]]))
+    assert [list, ConcurrencyConflict, list, list] == [type(r) for r in results]
+    assert 3 == real.sync_client().xlen(EVENTS)
