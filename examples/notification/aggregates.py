@@ -41,7 +41,8 @@ class Notification(Aggregate):
     requested_at_ms: int = 0
     deadline_ms: int = 0
     completed_at_ms: int = 0
-    failure_reason: str = ""
+    reason: str = ""
+    """Why it failed (channels-failed, timeout, unknown-recipient) or was suppressed."""
     failed: dict[str, str] = Field(default_factory=dict)
     succeeded: tuple[Channel, ...] = ()
     missing: tuple[Channel, ...] = ()
@@ -71,14 +72,14 @@ class Notification(Aggregate):
                 self.completed_at_ms = event.at_ms
             case NotificationFailed():
                 self.status = "failed"
-                self.failure_reason = event.reason
+                self.reason = event.reason
                 self.failed = dict(event.failed)
                 self.succeeded = event.succeeded
                 self.missing = event.missing
                 self.completed_at_ms = event.at_ms
             case NotificationSuppressed():
                 self.status = "suppressed"
-                self.failure_reason = event.reason
+                self.reason = event.reason
                 self.completed_at_ms = event.at_ms
             case FailureReportedToInternalTeam():
                 self.reported_at_ms = event.at_ms

@@ -235,7 +235,9 @@ class SlackStandIn:
         return self
 
     def stop(self) -> None:
-        """Release held requests and stop serving."""
+        """Release held requests and stop serving (again: nothing)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()

@@ -60,7 +60,7 @@ class NotificationView(BaseModel):
     email: str | None
     slack_channel: str | None
     channels: dict[str, ChannelView]
-    failure_reason: str | None
+    reason: str | None
     errors: dict[str, str]
     requested_at: str | None
     deadline: str | None
@@ -99,7 +99,7 @@ def build_view(notification: Notification, saga: NotificationSaga) -> Notificati
         email=notification.email or None,
         slack_channel=notification.slack_channel or None,
         channels=channels,
-        failure_reason=notification.failure_reason or None,
+        reason=notification.reason or None,
         errors=errors,
         requested_at=iso(notification.requested_at_ms),
         deadline=iso(notification.deadline_ms),
