@@ -23,7 +23,7 @@ from typing import TextIO
 import redis.exceptions
 
 from domain.errors import StreamCQRSError
-from streams.cli import _acl, _failures, _records
+from streams.cli import _acl, _deadletters, _failed, _records
 from streams.cli._common import add_connection_options, fail
 
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _records.add_parsers(commands, [connection, reading])
-    _failures.add_parsers(commands, [connection, reading])
+    _deadletters.add_parsers(commands, [connection, reading])
+    _failed.add_parsers(commands, [connection, reading])
     _acl.add_parsers(commands, [connection])
     return parser
 

@@ -203,6 +203,13 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
 # -- show ----------------------------------------------------------------------------------
 
 
+def guess(ident: str) -> str:
+    """How to read an id given without ``--by``: entry id, message id, else object id."""
+    if _ENTRY_ID.match(ident):
+        return "entry"
+    return "message" if _MESSAGE_ID.match(ident) else "object"
+
+
 def find(
     client: redis.Redis,
     keys: SubsystemKeys,
@@ -213,29 +220,9 @@ def find(
     partition: int | None = None,
 ) -> Located | None:
     """The entry ``ident`` names (entry id, message id, or object id's latest), or None."""
-    if by == "auto":
-        by = (
-            "entry"
-            if _ENTRY_ID.match(ident)
-            else "message"
-            if _MESSAGE_ID.match(ident)
-            else ("object")
-        )
+    by = guess(ident) if by == "auto" else by
     if by == "entry":
-        # Each partition numbers its entries by its own clock: one id may be in several.
-        found = [
-            each
-            for part in (keys.all() if partition is None else [keys.partition(partition)])
-            for each in located(
-                part.stream(kind), entries(client.xrange(part.stream(kind), ident, ident))
-            )
-        ]
-        if len(found) > 1:
-            where = ", ".join(key for key, _, _ in found)
-            raise CommandError(
-                f"entry {ident} is in several partitions ({where}); pass --partition N"
-            )
-        return found[0] if found else None
+        return _by_entry(client, keys, kind, ident, partition)
     if by == "object":
         part = keys.for_object(ident)
         key = part.stream(kind)
@@ -244,12 +231,31 @@ def find(
             return None
         entry_id, raw = script_entry(reply)
         return key, as_str(entry_id), raw
+    # No index by message id: one pass over the stream (an operator's lookup, not a hot path).
     for part in keys.all():
         key = part.stream(kind)
         for entry_id, raw in stream_entries(client, key):
             if raw.get(b"id") == ident.encode():
                 return key, as_str(entry_id), raw
     return None
+
+
+def _by_entry(
+    client: redis.Redis, keys: SubsystemKeys, kind: Kind, ident: str, partition: int | None
+) -> Located | None:
+    # Each partition numbers its entries by its own clock: one id may be in several.
+    parts = keys.all() if partition is None else [keys.partition(partition)]
+    found = [
+        each
+        for part in parts
+        for each in located(
+            part.stream(kind), entries(client.xrange(part.stream(kind), ident, ident))
+        )
+    ]
+    if len(found) > 1:
+        where = ", ".join(key for key, _, _ in found)
+        raise CommandError(f"entry {ident} is in several partitions ({where}); pass --partition N")
+    return found[0] if found else None
 
 
 def concerns(client: redis.Redis, key: str, entry_id: str) -> list[dict[str, Any]]:
