@@ -23,9 +23,11 @@ from typing import Annotated, Any
 
 import redis.asyncio
 from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain import StreamCQRSError
 from examples.notification.aggregates import Notification
@@ -96,6 +98,14 @@ def create_api(url: str | None = None, *, client: redis.asyncio.Redis | None = N
             status_code=503,
             content={"detail": f"the notification store is unavailable: {exc}; retry later"},
         )
+
+    @api.exception_handler(StarletteHTTPException)
+    async def body_unreadable(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 for a body it cannot even parse (bad UTF-8); it is bad input
+        # like any other, so it gets the same status as a body that fails validation.
+        if exc.status_code == 400:
+            return JSONResponse(status_code=422, content={"detail": exc.detail})
+        return await http_exception_handler(request, exc)
 
     def notification_of(request: Request) -> Subsystem:
         sub: Subsystem = request.app.state.notification
