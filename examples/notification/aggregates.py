@@ -29,6 +29,12 @@ from examples.notification.messages import (
 Status = Literal["new", "pending", "sent", "failed", "suppressed"]
 
 
+def audit_tags(notification_id: str) -> list[tuple[str, str]]:
+    """The tag every event of a notification and of its saga carries, so the event stream
+    answers "what happened to notification N" by tag (a read the API's role allows)."""
+    return [("notification", notification_id)]
+
+
 class Notification(Aggregate):
     """One notification: what was asked, and how it ended (exactly one terminal event)."""
 
@@ -111,4 +117,4 @@ class Delivery(Aggregate):
                 raise TypeError(f"Delivery cannot apply {type(event).__name__}")
 
 
-__all__ = ["Delivery", "Notification", "Status"]
+__all__ = ["Delivery", "Notification", "Status", "audit_tags"]

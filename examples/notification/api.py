@@ -30,7 +30,6 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain import StreamCQRSError
-from examples.notification.aggregates import Notification
 from examples.notification.app import app as bots_app
 from examples.notification.client import send_notification
 from streams import Settings, Subsystem
@@ -155,8 +154,11 @@ def create_api(url: str | None = None, *, client: redis.asyncio.Redis | None = N
         request: Request, notification_id: NotificationId
     ) -> list[dict[str, Any]] | JSONResponse:
         """The notification's events, oldest first: what happened, and when."""
-        store = notification_of(request).aggregates(Notification)
-        records = await store.events(notification_id)
+        # By the audit tag on the events stream (a read the API's ACL role has), not the
+        # aggregate's own stream; the saga's events carry the tag too and are left out.
+        events = notification_of(request).reader("events")
+        tagged = await events.by_tag("notification", notification_id)
+        records = [r for r in tagged if r.object_id == notification_id]
         if not records:
             return _not_found(notification_id)
         return [

@@ -14,7 +14,7 @@ that email is sent, ``FailureReportedToInternalTeam`` is appended to the notific
 from __future__ import annotations
 
 from examples.notification import config
-from examples.notification.aggregates import Notification
+from examples.notification.aggregates import Notification, audit_tags
 from examples.notification.messages import (
     AwaitDeliveries,
     Channel,
@@ -71,14 +71,14 @@ async def request_notification(op: SendNotification, ctx: Context) -> None:
     )
     if recipient is None:
         ended = NotificationFailed(notification_id=nid, reason="unknown-recipient", at_ms=at)
-        ctx.append(notification, requested, ended)
+        ctx.append(notification, requested, ended, tags=audit_tags(nid))
         return
     if not requested.channels:
         why = f"{op.recipient} opted out of every channel"
-        ctx.append(notification, requested,
-                   NotificationSuppressed(notification_id=nid, reason=why, at_ms=at))  # fmt: skip
+        suppressed = NotificationSuppressed(notification_id=nid, reason=why, at_ms=at)
+        ctx.append(notification, requested, suppressed, tags=audit_tags(nid))
         return
-    ctx.append(notification, requested)
+    ctx.append(notification, requested, tags=audit_tags(nid))
     awaited: dict[str, Channel] = {}
     if "email" in requested.channels:
         send = SendEmail(delivery_id=email_delivery_id(nid), to=recipient.email,
@@ -135,7 +135,7 @@ async def record_report(event: EmailSent, ctx: Context) -> None:
         return
     reported = FailureReportedToInternalTeam(notification_id=event.notification_id,
                                              team_email=event.to, at_ms=event.at_ms)  # fmt: skip
-    ctx.append(notification, reported)
+    ctx.append(notification, reported, tags=audit_tags(event.notification_id))
 
 
 __all__ = [

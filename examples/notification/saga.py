@@ -22,7 +22,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain import Aggregate, Event
-from examples.notification.aggregates import Notification
+from examples.notification.aggregates import Notification, audit_tags
 from examples.notification.messages import (
     AwaitDeliveries,
     Channel,
@@ -148,9 +148,14 @@ async def settle(ctx: Context, saga: NotificationSaga) -> None:
     notification = await ctx.load(Notification, saga.notification_id, subsystem=HOME)
     if notification.terminal:
         return  # cannot happen while only the saga ends notifications; never end one twice
-    ctx.append(notification, decision)
+    tags = audit_tags(saga.notification_id)
+    ctx.append(notification, decision, tags=tags)
     result = "sent" if isinstance(decision, NotificationSent) else "failed"
-    ctx.append(saga, SagaCompleted(notification_id=saga.notification_id, result=result, at_ms=at))
+    ctx.append(
+        saga,
+        SagaCompleted(notification_id=saga.notification_id, result=result, at_ms=at),
+        tags=tags,
+    )
     ctx.log.info("notification settled", notification_id=saga.notification_id, result=result)
 
 
@@ -166,6 +171,7 @@ async def start_saga(entry: AwaitDeliveries, ctx: Context) -> None:
             awaited=entry.awaited,
             deadline_ms=entry.deadline_ms,
         ),
+        tags=audit_tags(entry.notification_id),
     )
     await settle(ctx, saga)  # outcomes or the deadline may have come first
 
@@ -195,7 +201,7 @@ async def record_outcome(
         ctx.log.info("outcome changes nothing", operation_id=event.operation_id,
                      completed=saga.completed)  # fmt: skip
         return
-    ctx.append(saga, _as_outcome(event))
+    ctx.append(saga, _as_outcome(event), tags=audit_tags(event.notification_id))
     await settle(ctx, saga)
 
 
@@ -204,7 +210,8 @@ async def check_deadline(op: CheckDeadline, ctx: Context) -> None:
     saga = await ctx.load(NotificationSaga, saga_id(op.notification_id), subsystem=HOME)
     if saga.completed or saga.deadline_passed:
         return
-    ctx.append(saga, DeadlinePassed(notification_id=op.notification_id, at_ms=now_ms()))
+    passed = DeadlinePassed(notification_id=op.notification_id, at_ms=now_ms())
+    ctx.append(saga, passed, tags=audit_tags(op.notification_id))
     await settle(ctx, saga)
 
 
