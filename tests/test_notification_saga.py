@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio
 
 from domain import ConcurrencyConflict, Event, Message, new_message_id
-from examples.notification import config, notify, saga
+from examples.notification import config, delivery, notify, saga
 from examples.notification.aggregates import Notification
 from examples.notification.app import app
 from examples.notification.messages import (
@@ -39,7 +39,7 @@ from examples.notification.messages import (
     SlackMessageSent,
 )
 from examples.notification.saga import NotificationSaga, saga_id
-from handlers import Context, PutOutput
+from handlers import Context, PutOutput, Retry
 from streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
 from tests.conftest import Backend, Run
 
@@ -63,7 +63,13 @@ class Harness:
         self.keys_of = {s: SubsystemKeys(s, app.partitions_of(s)) for s in app.subsystems()}
 
     async def handle(
-        self, fn: Any, message: Message, *, object_id: str = "", message_id: str | None = None
+        self,
+        fn: Any,
+        message: Message,
+        *,
+        object_id: str = "",
+        message_id: str | None = None,
+        attempt: int = 1,
     ) -> Context:
         """Run ``fn``'s handler on ``message`` to its commit; return the committed context."""
         spec = next(s for s in app.handlers if s.fn is fn and type(message) in s.message_types)
@@ -72,7 +78,7 @@ class Harness:
             types=app.types,
         )  # fmt: skip
         for _ in range(20):  # a conflict means another handler committed first: run again
-            ctx = Context(spec, envelope, entry_id="0-0", attempt=1, client=self.client,
+            ctx = Context(spec, envelope, entry_id="0-0", attempt=attempt, client=self.client,
                           keys_of=self.keys_of, types=app.types)  # fmt: skip
             result = spec.fn(message, ctx)
             if inspect.isawaitable(result):
@@ -362,5 +368,48 @@ def test_saga_settles_sent_when_all_succeed(backend: Backend, run: Run[None]) ->
         state = await sub.aggregates(NotificationSaga).load(saga_id("ok"))
         notification = await sub.aggregates(Notification).load("ok")
         assert (True, "sent", "sent") == (state.completed, state.result, notification.status)
+
+    run(scenario())
+
+
+def test_fake_senders_succeed_without_network(backend: Backend, run: Run[None]) -> None:
+    """With fake senders (the benchmark's hook), the email and Slack bots write their success
+    events with no SMTP server or webhook anywhere; a redelivered send writes nothing more."""
+    config.configure(config.Config(fake_senders=True, smtp_port=1))
+    client = backend.client()
+    harness = Harness(client)
+
+    async def scenario() -> None:
+        email = SendEmail(delivery_id="1.email", to="a@example.com", subject="s", body="b",
+                          notification_id="1")  # fmt: skip
+        slack = SendSlackMessage(delivery_id="1.slack", channel="#a", text="t", notification_id="1")
+        for fn, op in ((delivery.send_email, email), (delivery.send_slack, slack)):
+            await harness.handle(fn, op, object_id=op.delivery_id, message_id="m1")
+            await harness.handle(fn, op, object_id=op.delivery_id, message_id="m1")
+        sent = [await events_of(Subsystem(s, client), f"1.{s}") for s in ("email", "slack")]
+        assert [[EmailSent], [SlackMessageSent]] == [[type(e) for e in x] for x in sent]
+
+    run(scenario())
+
+
+def test_unreachable_smtp_is_retried_then_failed(backend: Backend, run: Run[None]) -> None:
+    """A refused SMTP connection asks the bot to retry (with backoff) until the last of
+    ``send_attempts``, which writes EmailFailed saying it gave up, tagged with the address."""
+    config.configure(config.Config(smtp_port=1, send_attempts=2, retry_delay=0.25))
+    client = backend.client()
+    harness = Harness(client)
+    op = SendEmail(delivery_id="2.email", to="b@example.com", subject="s", body="b",
+                   notification_id="2")  # fmt: skip
+
+    async def scenario() -> None:
+        with pytest.raises(Retry) as asked:
+            await harness.handle(delivery.send_email, op, object_id=op.delivery_id, attempt=1)
+        assert 0.25 == asked.value.delay
+        await harness.handle(delivery.send_email, op, object_id=op.delivery_id, attempt=2)
+        records = await Subsystem("email", client).reader("events").by_tag("to", "b@example.com")
+        assert [EmailFailed] == [type(r.message) for r in records]
+        failed = records[0].message
+        assert isinstance(failed, EmailFailed)
+        assert "unreachable" in failed.error and "gave up after 2 attempts" in failed.error
 
     run(scenario())
