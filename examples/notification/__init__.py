@@ -1,6 +1,6 @@
 """The notification-system example: client, notification/email/Slack bots, saga, views, API.
 
-The Naos workflow (``/work/shared/seeds/004``) built only on the public API of ``domain``,
+The Naos workflow (the Naos.Notification README) built only on the public API of ``domain``,
 ``streams``, ``handlers`` and ``bots``. Three subsystems, each with its own streams:
 ``notification``, ``email`` and ``slack``.
 
