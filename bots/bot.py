@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio
@@ -212,8 +212,21 @@ class Bot:
                 await self._pause(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _dispatch(self, source: Source, found: Sequence[Entry], *, reclaim: bool) -> None:
-        """Classify entries, claim the ones to handle, start a task for each."""
+    async def _dispatch(
+        self,
+        source: Source,
+        found: Sequence[Entry],
+        *,
+        reclaim: bool,
+        delivered: Mapping[str, int] | None = None,
+    ) -> None:
+        """Classify entries, claim the ones to handle, start a task for each.
+
+        ``delivered`` (taken-over entries): how often each was delivered. One delivered
+        more than ``max_attempts`` times never got a commit: its handler crashes or hangs
+        the bot, so it is failed and dead-lettered instead of run again.
+        """
+        counts = delivered or {}
         # An entry this bot is still running (its claim lapsed and XAUTOCLAIM handed it back
         # to us) must not start twice.
         deliveries = [
@@ -238,6 +251,8 @@ class Bot:
                     continue
                 if claim is not Claim.CLAIMED:
                     delivery.verdict = Verdict.SKIP
+                elif counts.get(delivery.entry_id, 0) > self.config.max_attempts:
+                    delivery.crashes = counts[delivery.entry_id] - 1
             self._start(delivery)
         if blocked:
             self.log.info("handling is disabled for this stream; entries left pending",
@@ -366,7 +381,8 @@ class Bot:
                 self.log.info(
                     "took over entries", source=str(source), count=len(found), trimmed=deleted
                 )
-            await self._dispatch(source, found, reclaim=True)
+            counts = await recovery.delivery_counts(self.client, source, found)
+            await self._dispatch(source, found, reclaim=True, delivered=counts)
             if cursor == "0-0":
                 return
 

@@ -27,7 +27,7 @@ import redis.asyncio
 from bots.config import BotConfig
 from bots.source import Delivery, Verdict
 from bots.tracking import Outcome, Tracker
-from domain.errors import ConcurrencyConflict
+from domain.errors import ConcurrencyConflict, HandlerError
 from handlers.context import Context
 from handlers.control import NotYet, Retry
 from streams.commit import Batch, OnExisting
@@ -64,13 +64,28 @@ class Outcomes:
         batch.ack(d.source.key, d.source.group, [d.entry_id])
         return batch
 
-    async def attempt(self, d: Delivery, tracker: Tracker, log: Any) -> Batch:
-        """Run the handler (if the delivery is to be handled) and build its commit."""
+    def _without_handler(self, d: Delivery, tracker: Tracker, log: Any) -> Batch | None:
+        """The commit of a delivery whose handler is not to run, or None if it is."""
         if d.verdict is Verdict.SKIP:
             return self._ack(self._batch(d), d)
         if d.verdict is Verdict.DEAD:
             log.warning("bad input; dead-lettering it", reason=str(d.error))
             return self._dead(d, str(d.error), d.error, attempts=0, once_per_entry=True)
+        if d.crashes:
+            d.attempt = max(d.attempt, self.config.max_attempts)
+            crash = HandlerError(
+                f"delivered {d.crashes} times without a commit: handling it kills or hangs the "
+                "bot (a crash, out of memory, a handler running past the visibility timeout "
+                "without yielding); fix the handler, then retry the dead letter"
+            )
+            return self.failure(d, tracker, log, crash)
+        return None
+
+    async def attempt(self, d: Delivery, tracker: Tracker, log: Any) -> Batch:
+        """Run the handler (if the delivery is to be handled) and build its commit."""
+        settled = self._without_handler(d, tracker, log)
+        if settled is not None:
+            return settled
         assert d.spec is not None and d.envelope is not None
         ctx = Context(
             d.spec,

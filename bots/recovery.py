@@ -76,6 +76,30 @@ async def take_over(
     return cursor, cast(list[Entry], claimed), deleted
 
 
+async def delivery_counts(
+    client: redis.asyncio.Redis, source: Source, found: Sequence[Entry]
+) -> dict[str, int]:
+    """How many times each of ``found`` (entries just taken over) was delivered."""
+    if not found:
+        return {}
+    ids = [as_str(eid) for eid, _ in found]
+    low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+    reply: list[Any] = await client.xpending_range(
+        source.key, source.group, low, high, len(ids) * 4
+    )
+    wanted = set(ids)
+    return {
+        as_str(info["message_id"]): int(info["times_delivered"])
+        for info in reply
+        if as_str(info["message_id"]) in wanted
+    }
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def keep(
     client: redis.asyncio.Redis,
     source: Source,
@@ -118,6 +142,7 @@ async def remove_dead_consumers(
 
 __all__ = [
     "RELEASED_IDLE_MS",
+    "delivery_counts",
     "ensure_group",
     "is_nogroup",
     "keep",

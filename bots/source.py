@@ -45,6 +45,8 @@ class Delivery:
     spec: HandlerSpec | None = None
     attempt: int = 1
     error: Exception | None = None
+    crashes: int = 0
+    """Deliveries that ended without any commit (the bot died or hung): a crash loop."""
 
     @property
     def message_id(self) -> str:

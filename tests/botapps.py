@@ -11,6 +11,7 @@ Subsystem ``botapp``; every handler reads its client operations:
 * ``Doomed(n)``: always fails.
 * ``Later(n)``: appends ``Done(n)`` with the time it ran (for the delayed-operation test).
 * ``Slow(n, seconds)``: a plain ``def`` handler (runs in a thread) that sleeps, then notes.
+* ``Crash(n)``: kills the worker process running it, every time.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class Slow(Operation):
 
     n: int
     seconds: float = 0.0
+
+
+@message("botapp.Crash")
+class Crash(Operation):
+    """Work whose handler kills its bot process (a segfault, an out-of-memory kill)."""
+
+    n: int
 
 
 @message("botapp.Done")
@@ -145,6 +153,12 @@ def slow(op: Slow, ctx: Context) -> None:
     """Block a thread for ``op.seconds``, then put a note."""
     time.sleep(op.seconds)
     ctx.put(NOTES, Note(n=op.n), object_id=f"slow-{op.n}")
+
+
+@app.handler(Crash, stream=OPS, concern="crash")
+async def crash(op: Crash, ctx: Context) -> None:
+    """Kill this worker process on the spot, as a segfault would."""
+    os._exit(70)
 
 
 # -- running the app in real bot processes -------------------------------------------------

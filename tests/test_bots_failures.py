@@ -33,7 +33,6 @@ PART = KEYS.partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)
 EVENTS = PART.stream(Kind.EVENTS)
 DEAD = PART.stream(Kind.DEAD_LETTERS)
-GROUPS = ("do", "flaky", "doomed", "later", "slow")
 
 
 def pending(client: redis.Redis) -> dict[str, int]:
@@ -52,7 +51,7 @@ def test_a_poison_entry_is_dead_lettered_once_and_the_bot_goes_on(
     real: Backend, tmp_path: Path
 ) -> None:
     """An entry that is no envelope, among 1,000 good operations, gives exactly one dead
-    letter (with the reason and its raw bytes, though five concerns read the stream), all
+    letter (with the reason and its raw bytes, though six concerns read the stream), all
     1,000 are handled, nothing stays pending, and the bot is still running."""
     client = real.sync_client()
     put_many(client, ((Do(n=n), str(n)) for n in range(500)))

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import redis
 
+from streams.deadletter import read_dead_letters_sync
 from streams.keys import Kind, SubsystemKeys
-from tests.botapps import SUBSYSTEM, BotProcess, Do, Slow, ns_of, put_many, wait_until
+from tests.botapps import SUBSYSTEM, BotProcess, Crash, Do, Slow, ns_of, put_many, wait_until
 from tests.conftest import Backend
 
 PART = SubsystemKeys(SUBSYSTEM).partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)
 EVENTS = PART.stream(Kind.EVENTS)
 NOTES = PART.stream(Kind.INTERNAL_OPERATIONS)
+DEAD = PART.stream(Kind.DEAD_LETTERS)
 
 
 def pending_of(client: redis.Redis, group: str) -> int:
@@ -127,6 +129,26 @@ def test_a_handler_slower_than_the_visibility_timeout_keeps_its_entry(
     assert 1 == client.xlen(NOTES)
     assert "took over entries" not in logs
     assert "taken over by another consumer" not in logs
+
+
+def test_an_entry_that_kills_its_bot_every_time_is_dead_lettered(
+    real: Backend, tmp_path: Path
+) -> None:
+    """An operation whose handler kills the worker: the supervisor restarts the worker, the
+    entry is taken over again, and once delivered more than --max-attempts times it is
+    Failed and dead-lettered instead of killing the bot forever; other work goes on."""
+    client = real.sync_client()
+    put_many(client, [(Crash(n=1), "1")])
+    args = ("--visibility-timeout", "1", "--max-attempts", "2")
+    with BotProcess(real.url or "", tmp_path / "bot.log", *args) as bot:
+        wait_until(lambda: client.xlen(DEAD) >= 1, "the crash loop to be cut", 40, bot)
+        put_many(client, [(Do(n=2), "2")])
+        wait_until(lambda: client.xlen(EVENTS) >= 1, "other work", 20, bot)
+        assert bot.alive()
+    (stored,) = read_dead_letters_sync(client, SubsystemKeys(SUBSYSTEM))
+    assert ("crash", "HandlerError") == (stored.letter.concern, stored.letter.error_type)
+    assert "without a commit" in stored.letter.reason
+    assert 0 == pending_of(client, "crash")
 
 
 def test_a_running_bot_carries_on_after_flushall(real: Backend, tmp_path: Path) -> None:
