@@ -16,7 +16,7 @@ batches are built without ``home`` and write every key directly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -280,21 +280,29 @@ class Batch:
         # Servers may prefix script errors with their own text; find our code word.
         for at, word in enumerate(words):
             rest = words[at + 1 :]
-            if word == "CONFLICT" and len(rest) >= 3:
-                return ConcurrencyConflict(rest[0], int(rest[1]), int(rest[2]))
-            if word == "DUPLICATE" and len(rest) >= 2:
-                return DuplicateRecord(
-                    f"a record with object id {rest[0]!r} already exists (entry {rest[1]}); "
-                    "put with on_existing=OnExisting.SKIP to make retries idempotent"
-                )
-            if word == "GONE":
-                return Gone("the delayed entry was already moved by another bot")
-            if word == "NOTOWNER" and len(rest) >= 2:
-                return NotOwner(rest[0], rest[1])
             if word == "STATUS" and len(rest) >= 2:
                 concern, action = self._status_context.get(rest[0], ("", "set status"))
                 return InvalidTransition(rest[0], concern, rest[1], action)
+            decode = _SCRIPT_ERRORS.get(word)
+            if decode is not None and len(rest) >= decode[0]:
+                return decode[1](rest)
         return StreamError(f"commit failed: {exc}")
+
+
+_SCRIPT_ERRORS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
+    "CONFLICT": (3, lambda r: ConcurrencyConflict(r[0], int(r[1]), int(r[2]))),
+    "DUPLICATE": (2, lambda r: DuplicateRecord(
+        f"a record with object id {r[0]!r} already exists (entry {r[1]}); "
+        "put with on_existing=OnExisting.SKIP to make retries idempotent"
+    )),
+    "MIXED": (3, lambda r: DuplicateRecord(
+        f"an append to aggregate {r[0]!r} repeats {r[1]} of its {r[2]} event ids: a retry "
+        "must resend exactly the same events, and new events need new ids; nothing was written"
+    )),
+    "GONE": (0, lambda r: Gone("the delayed entry was already moved by another bot")),
+    "NOTOWNER": (2, lambda r: NotOwner(r[0], r[1])),
+}  # fmt: skip
+"""Error code of commit.lua -> (operands it carries, the framework error it means)."""
 
 
 async def run_many(

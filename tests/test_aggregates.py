@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from domain import Aggregate, ConcurrencyConflict, Event, TypeRegistry, message
+from domain import Aggregate, ConcurrencyConflict, DuplicateRecord, Event, TypeRegistry, message
 from streams import Kind, Subsystem
 from tests.conftest import Backend, Run
 from tests.messages import Account, Deposited, Opened
@@ -163,6 +163,29 @@ def test_a_repeated_event_id_returns_the_original_entry(backend: Backend, run: R
         retry = await store.append("acct-1", envelopes, expected_version=0)
 
         assert (2, first.entry_ids, False) == (retry.version, retry.entry_ids, retry.written)
+        assert before == await _raw_state(client, sub, "acct-1")
+        assert 7 == (await store.load("acct-1")).balance
+
+    run(scenario())
+
+
+def test_an_append_repeating_only_some_event_ids_is_refused_whole(
+    backend: Backend, run: Run[None]
+) -> None:
+    """Old ids mixed with new ones: DuplicateRecord, and neither the new nor old is written."""
+    sub = backend.subsystem("bank")
+    store = sub.aggregates(Account)
+    client = backend.client()
+
+    async def scenario() -> None:
+        envelopes = store.envelopes("acct-1", [Opened(owner="ann"), Deposited(amount=7)])
+        await store.append("acct-1", envelopes, expected_version=0)
+        before = await _raw_state(client, sub, "acct-1")
+        extra = store.envelopes("acct-1", [Deposited(amount=5)])
+
+        with pytest.raises(DuplicateRecord, match="repeats 2 of its 3 event ids"):
+            await store.append("acct-1", [*envelopes, *extra], expected_version=2)
+
         assert before == await _raw_state(client, sub, "acct-1")
         assert 7 == (await store.load("acct-1")).balance
 

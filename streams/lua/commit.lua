@@ -38,7 +38,8 @@
 --   TOUCH -> {entry_id...} (the ones still owned)   OUTBOX -> entry_id   others -> 1
 -- Errors (nothing is written): "CONFLICT <aggid> <expected> <actual>",
 --   "DUPLICATE <obj> <entry_id>", "STATUS <record> <current>", "GONE <member>",
---   "NOTOWNER <stream> <entry_id>".
+--   "NOTOWNER <stream> <entry_id>", "MIXED <aggid> <repeated> <total>" (an append whose
+--   event ids are partly already stored).
 
 local ops = {}
 local i = 1
@@ -96,7 +97,12 @@ while i <= #ARGV do
       if seen then originals[#originals + 1] = seen end
     end
     op.actual = tonumber(redis.call('HGET', op.versions, op.aggid) or '0')
-    if #originals > 0 then
+    if #originals > 0 and #originals < #op.list then
+      -- Some ids repeat and some are new: not a retry of one append, and neither returning
+      -- the originals (dropping the new events) nor writing (repeating the old) is right.
+      return redis.error_reply(
+        'MIXED ' .. op.aggid .. ' ' .. #originals .. ' ' .. #op.list)
+    elseif #originals > 0 then
       op.originals = originals
     elseif op.expected >= 0 and op.expected ~= op.actual then
       return redis.error_reply(
