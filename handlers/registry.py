@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from domain.errors import HandlerError
 from domain.messages import Message
 from domain.registry import TypeRegistry, registry
-from streams.keys import Kind
+from streams.keys import Kind, check_concern
 from streams.subsystem import as_kind
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,7 +118,7 @@ class App:
                 fn=fn,
                 message_types=tuple(message_types),
                 source=source,
-                concern=concern or fn.__name__,
+                concern=check_concern(concern or fn.__name__),
                 writes=frozenset(StreamRef.parse(w) for w in writes),
                 appends=frozenset(appends),
                 reads=frozenset(StreamRef.parse(r) for r in reads),

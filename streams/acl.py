@@ -326,8 +326,9 @@ def append(keys: SubsystemKeys) -> Grants:
     rw: list[str] = []
     for part in _parts(keys):
         aggregates = wildcard(part.aggregate)
-        rw += [aggregates, escape(part.versions)]
-        script |= {aggregates, escape(part.versions)}
+        ids = wildcard(part.aggregate_message_ids)
+        rw += [aggregates, ids, escape(part.versions)]
+        script |= {aggregates, ids, escape(part.versions)}
     why = f"append to {keys.subsystem} aggregates"
     events = put(keys, Kind.EVENTS, dedupe=False, prune=False, delay=False)
     return (

@@ -42,6 +42,11 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
+def check_concern(concern: str) -> str:
+    """Refuse a concern name that could make two concerns' handling keys collide."""
+    return _check_name("concern", concern)
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionKeys:
     """Every key of one partition of one subsystem."""
@@ -84,7 +89,8 @@ class PartitionKeys:
 
     def aggregate_message_ids(self, aggregate_id: str) -> str:
         """Hash: message id -> entry id of one aggregate's events, for append de-duplication."""
-        return f"{self.tag}:agg:{aggregate_id}:ids"
+        # Not under "agg:": an aggregate named "x:ids" would share this key with x's ids.
+        return f"{self.tag}:agg-ids:{aggregate_id}"
 
     @property
     def versions(self) -> str:
@@ -97,11 +103,11 @@ class PartitionKeys:
 
     def handling_status(self, kind: Kind, concern: str) -> str:
         """Hash: record id -> current handling status for one concern."""
-        return f"{self.tag}:{kind}:handling:{concern}:status"
+        return f"{self.tag}:{kind}:handling:{check_concern(concern)}:status"
 
     def handling_history(self, kind: Kind, concern: str, record: str) -> str:
         """List: one record's append-only handling history for one concern."""
-        return f"{self.tag}:{kind}:handling:{concern}:history:{record}"
+        return f"{self.tag}:{kind}:handling:{check_concern(concern)}:history:{record}"
 
     def handling_flags(self, kind: Kind) -> str:
         """Hash of stream-wide switches (disabled concerns) and per-record disables."""

@@ -146,3 +146,17 @@ def test_tag_names_that_would_share_keys_are_refused(name: str) -> None:
 def test_good_names_are_kept_as_given() -> None:
     """Dots, dashes and underscores are fine in a subsystem name."""
     assert "{billing.eu-west_1.0}" == SubsystemKeys("billing.eu-west_1").partition(0).tag
+
+
+def test_an_aggregate_named_like_another_ones_ids_key_does_not_collide() -> None:
+    """Aggregate "x:ids" and the message-id hash of aggregate "x" are different keys."""
+    part = PartitionKeys("bank", 0)
+
+    assert part.aggregate("x:ids") != part.aggregate_message_ids("x")
+
+
+@pytest.mark.parametrize("concern", ["", "a:b", "has space", "{tag}"])
+def test_a_concern_name_that_could_collide_is_refused(concern: str) -> None:
+    """Concern names with colons, braces or spaces are refused (keys would collide)."""
+    with pytest.raises(ConfigurationError, match="concern"):
+        PartitionKeys("bank", 0).handling_status(Kind.CLIENT_OPERATIONS, concern)
