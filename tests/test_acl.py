@@ -557,9 +557,6 @@ def test_a_real_bot_process_runs_as_its_acl_user(
     args = [
         sys.executable, "-m", "bots", "run", "tests.test_acl:APP", "--url", users.url,
         "--max-attempts", "1", "--block-ms", "100", "--log-level", "debug", "--grace", "5",
-        # A batch smaller than the concurrency: with batch == concurrency (the defaults) the
-        # first source's reader holds every slot and the other three sources never read.
-        "--batch", "8",
     ]  # fmt: skip
     orders = Subsystem("orders", users.aio(CLIENT)).writer("client-ops")
     billing_events = [BILLING.partition(p).stream(Kind.EVENTS) for p in (0, 1)]

@@ -389,7 +389,7 @@ def bot(real: Backend, tmp_path: Path) -> Iterator[Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     args = [
         sys.executable, "-m", "bots", "run", "tests.test_streams_cli:CLI_APP",
-        "--url", real.url or "", "--max-attempts", "1", "--batch", "8", "--block-ms", "100",
+        "--url", real.url or "", "--max-attempts", "1", "--block-ms", "100",
         "--mover-interval", "0.05",
     ]  # fmt: skip
     with log.open("w") as out:
