@@ -41,6 +41,14 @@ class RoleError(StreamError):
     """A stream object was asked to do something its role does not allow."""
 
 
+class PermissionDenied(RoleError):
+    """The server refused a command for the connection's ACL user (NOPERM).
+
+    The user lacks a grant this call needs; ``python -m streams acl MODULE:APP`` prints the
+    grants each role gets from the handler declarations.
+    """
+
+
 class DecodeError(StreamError):
     """A stored entry could not be turned back into a message."""
 
@@ -103,6 +111,7 @@ __all__ = [
     "HandlerError",
     "HandlingError",
     "InvalidTransition",
+    "PermissionDenied",
     "RegistryError",
     "RoleError",
     "ServerUnavailable",

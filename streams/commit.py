@@ -30,6 +30,7 @@ from domain.errors import (
     ConfigurationError,
     DuplicateRecord,
     InvalidTransition,
+    PermissionDenied,
     StreamError,
 )
 from streams.envelope import Envelope
@@ -276,7 +277,13 @@ class Batch:
         return self._error(exc)
 
     def _error(self, exc: ResponseError) -> Exception:
-        words = str(exc).split()
+        text = str(exc)
+        if text.startswith("NOPERM") or "ACL failure" in text:
+            return PermissionDenied(
+                f"the server refused this commit for the connection's ACL user: {text}; "
+                "grant the user the keys its handlers declare (python -m streams acl)"
+            )
+        words = text.split()
         # Servers may prefix script errors with their own text; find our code word.
         for at, word in enumerate(words):
             rest = words[at + 1 :]

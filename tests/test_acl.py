@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoPermissionError, ResponseError
 
-from domain.errors import StreamError
+from domain.errors import PermissionDenied, StreamError
 from domain.registry import registry
 from handlers import App, Context
 from handlers import acl as app_acl
@@ -503,7 +503,7 @@ def test_bot_commit_with_an_undeclared_output_is_refused_whole(
         batch.put(BILLING.partition(0), CO, encode(Ping(n=2), object_id="b"))
         batch.put(O0, Kind.SAGAS, encode(Ping(n=3), object_id="s"))  # not declared
         batch.ack(ops, "place", [entry_id])
-        with pytest.raises(StreamError) as refusal:
+        with pytest.raises(PermissionDenied) as refusal:
             await batch.run(bot)
         pending = await bot.xpending(ops, "place")
         return refusal.value, pending["pending"]
