@@ -278,7 +278,8 @@ class Batch:
 
     def _error(self, exc: ResponseError) -> Exception:
         text = str(exc)
-        if text.startswith("NOPERM") or "ACL failure" in text:
+        # How servers word an ACL refusal: of a command, inside a script, of a key.
+        if any(mark in text for mark in ("NOPERM", "ACL failure", "No permissions")):
             return PermissionDenied(
                 f"the server refused this commit for the connection's ACL user: {text}; "
                 "grant the user the keys its handlers declare (python -m streams acl)"
