@@ -12,6 +12,9 @@ Subsystem ``botapp``; every handler reads its client operations:
 * ``Later(n)``: appends ``Done(n)`` with the time it ran (for the delayed-operation test).
 * ``Slow(n, seconds)``: a plain ``def`` handler (runs in a thread) that sleeps, then notes.
 * ``Crash(n)``: kills the worker process running it, every time.
+* ``Steered(n)``: raises NotYet on its first call, Retry(delay=0.2) on its second, then
+  appends ``Done(n)`` with the attempt number it ran as (calls counted in
+  ``botapp-test:calls:n``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import redis
 
 from domain import Aggregate, Event, Message, Operation, message
-from handlers import App, Context
+from handlers import App, Context, NotYet, Retry
 from streams.commit import Batch
 from streams.envelope import encode, entries, to_record
 from streams.keys import Kind, SubsystemKeys
@@ -82,12 +85,20 @@ class Crash(Operation):
     n: int
 
 
+@message("botapp.Steered")
+class Steered(Operation):
+    """Work whose handler first says "not yet", then asks for a retry, then succeeds."""
+
+    n: int
+
+
 @message("botapp.Done")
 class Done(Event):
     """The event each handled operation commits; ``at`` is when the handler ran (ms)."""
 
     n: int
     at: int = 0
+    attempt: int = 0
 
 
 @message("botapp.Note")
@@ -159,6 +170,17 @@ def slow(op: Slow, ctx: Context) -> None:
 async def crash(op: Crash, ctx: Context) -> None:
     """Kill this worker process on the spot, as a segfault would."""
     os._exit(70)
+
+
+@app.handler(Steered, stream=OPS, concern="steered", appends=[SUBSYSTEM])
+async def steered(op: Steered, ctx: Context) -> None:
+    """Not yet, then retry, then done: only the retry counts as an attempt."""
+    calls = await ctx.client.incr(f"botapp-test:calls:{op.n}")
+    if calls == 1:
+        raise NotYet(delay=0.2, reason="waiting for something")
+    if calls == 2:
+        raise Retry(delay=0.2, reason="asked to retry")
+    ctx.append(Job(id=f"steered-{op.n}"), Done(n=op.n, at=_now_ms(), attempt=ctx.attempt))
 
 
 # -- running the app in real bot processes -------------------------------------------------

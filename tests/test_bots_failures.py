@@ -21,6 +21,7 @@ from tests.botapps import (
     Do,
     Doomed,
     Flaky,
+    Steered,
     attempts_key,
     ns_of,
     put_many,
@@ -51,7 +52,7 @@ def test_a_poison_entry_is_dead_lettered_once_and_the_bot_goes_on(
     real: Backend, tmp_path: Path
 ) -> None:
     """An entry that is no envelope, among 1,000 good operations, gives exactly one dead
-    letter (with the reason and its raw bytes, though six concerns read the stream), all
+    letter (with the reason and its raw bytes, though seven concerns read the stream), all
     1,000 are handled, nothing stays pending, and the bot is still running."""
     client = real.sync_client()
     put_many(client, ((Do(n=n), str(n)) for n in range(500)))
@@ -118,6 +119,24 @@ def test_a_handler_failing_twice_completes_on_the_third_attempt_with_growing_del
     assert [7] == ns_of(client, EVENTS)
     assert Status.COMPLETED == status_of(real, run, "flaky", message_id)
     assert 0 == client.xlen(DEAD)
+
+
+def test_not_yet_waits_without_counting_and_retry_counts(
+    real: Backend, run: Any, tmp_path: Path
+) -> None:
+    """NotYet (self-cancel) puts the record back without using an attempt; Retry(delay=)
+    uses one: the handler that said both runs its final time as attempt 2, and the record's
+    history shows self-cancel, retry, complete."""
+    client = real.sync_client()
+    put_many(client, [(Steered(n=4), "4")])
+    message_id = entries(client.xrange(OPS))[0][1][b"id"].decode()
+    with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
+        wait_until(lambda: client.xlen(EVENTS) >= 1, "the third call to commit", 30, bot)
+    assert [2] == ns_of(client, EVENTS, "attempt")
+    store = HandlingStore(real.client(), KEYS, Kind.CLIENT_OPERATIONS, "steered")
+    actions = [entry.action.value for entry in run(store.history(message_id))]
+    expected = ["claim", "self-cancel", "claim", "retry", "claim", "complete"]
+    assert expected == actions
 
 
 def test_a_handler_that_always_fails_ends_failed_with_one_dead_letter(

@@ -83,7 +83,7 @@ class TestClassify:
     def test_only_limits_the_sources_to_some_subsystems(self) -> None:
         """--only names subsystems: others' handlers are not run."""
         assert [] == sources(app, ("elsewhere",))
-        assert 6 == len(sources(app, ("botapp",)))
+        assert 7 == len(sources(app, ("botapp",)))
 
     def test_events_decode_too(self) -> None:
         """An event-typed entry a concern does not handle is skipped, not dead."""
