@@ -1,1 +1,12 @@
-"""Bots: the worker processes that handle operations and events (``python -m bots``)."""
+"""Bots: the worker processes that handle operations and events (``python -m bots``).
+
+``Bot`` runs an app's handlers over their consumer groups in one process; ``Supervisor``
+runs N of them as worker processes; ``BotConfig`` holds their settings. Most users only run
+``python -m bots run MODULE:APP`` and ``python -m bots status MODULE:APP``.
+"""
+
+from bots.bot import Bot
+from bots.config import BotConfig
+from bots.supervisor import Supervisor, load_app
+
+__all__ = ["Bot", "BotConfig", "Supervisor", "load_app"]
