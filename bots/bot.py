@@ -111,6 +111,7 @@ class Bot:
             self.stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
+            self.outcomes.close()
             self.committer.close()
             await committer
             self.log.info("stopped", handled=self.handled)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import redis.asyncio
@@ -53,6 +54,13 @@ class Outcomes:
         self.client = client
         self.keys_of = keys_of
         self.log = log
+        # Plain ``def`` handlers run here, not in asyncio's default executor: on shutdown
+        # a handler still blocking past the grace period must not hold the process.
+        self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix="handler")
+
+    def close(self) -> None:
+        """Let go of the handler threads without waiting for ones still blocked."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def _batch(self, d: Delivery) -> Batch:
         source = d.source
@@ -101,7 +109,8 @@ class Outcomes:
             if d.spec.is_async:
                 await cast(Awaitable[None], d.spec.fn(d.message, ctx))
             else:
-                await asyncio.to_thread(d.spec.fn, d.message, ctx)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._threads, d.spec.fn, d.message, ctx)
             batch = self._batch(d)
             ctx.compile(batch)
         except Retry as asked:

@@ -15,7 +15,9 @@ import asyncio
 import importlib
 import multiprocessing
 import multiprocessing.process
+import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType
@@ -64,6 +66,13 @@ def worker_main(app_spec: str, config: BotConfig, log_level: str, json: bool | N
     """Entry point of one worker process."""
     configure(log_level, json=json)
     asyncio.run(serve(load_app(app_spec), config))
+    stuck = [t for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread()]
+    if stuck:
+        # A plain ``def`` handler still blocked after the grace period: its entry was
+        # released and everything else committed, so exit now rather than when it returns
+        # (Python would otherwise wait for the thread at exit).
+        sys.stdout.flush()
+        os._exit(0)
 
 
 class Supervisor:

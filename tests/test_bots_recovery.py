@@ -89,13 +89,17 @@ def test_sigterm_drains_in_flight_work_and_exits_0(real: Backend, tmp_path: Path
 def test_work_longer_than_the_grace_period_is_released_to_the_next_bot(
     real: Backend, tmp_path: Path
 ) -> None:
-    """A handler still running when the grace period ends is cancelled and its entry
-    released: the next bot takes it over at once, not after the 30 s visibility timeout."""
+    """Handlers still running when the grace period ends (an async one and a blocking one
+    in a thread) are cancelled or abandoned and their entries released: the bot exits 0 in
+    time, and the next bot takes them over at once, not after the 30 s visibility timeout."""
     client = real.sync_client()
-    put_many(client, [(Do(n=0, pause=30), "0")])
+    put_many(client, [(Do(n=0, pause=30), "0"), (Slow(n=0, seconds=30), "s")])
     url = real.url or ""
     with BotProcess(url, tmp_path / "first.log", "--grace", "1") as first:
-        wait_until(lambda: pending_of(client, "do") == 1, "the handler to start", 30, first)
+        wait_until(
+            lambda: pending_of(client, "do") == 1 and pending_of(client, "slow") == 1,
+            "the handlers to start", 30, first,
+        )  # fmt: skip
         status, took = first.terminate(timeout=10)
         assert (0, True) == (status, took < 1 + 3), first.text()[-2000:]
     assert 0 == client.xlen(EVENTS)
