@@ -175,6 +175,12 @@ def stream_flag(concern: str) -> str:
     return f"stream:{concern}"
 
 
+_SORTED_TRANSITIONS = {
+    action: (sorted(allowed), to) for action, (allowed, to) in TRANSITIONS.items()
+}
+"""TRANSITIONS with each allowed-from set as a sorted list, as the commit script takes it."""
+
+
 def transition(  # noqa: PLR0917 - positional order is the bots' contract
     batch: Batch,
     keys: PartitionKeys,
@@ -200,7 +206,7 @@ def transition(  # noqa: PLR0917 - positional order is the bots' contract
             f"{action.value} switches a whole stream, not a record; "
             "use HandlingStore.disable_stream/enable_stream"
         )
-    allowed, to = TRANSITIONS[action]
+    allowed, to = _SORTED_TRANSITIONS[action]
     at = now_ms() if at_ms is None else at_ms
     entry = HistoryEntry(at, to, action, details, as_tags(tags), actor).to_bytes()
     batch.status(
@@ -209,7 +215,7 @@ def transition(  # noqa: PLR0917 - positional order is the bots' contract
         record,
         to.value,
         entry,
-        allowed_from=sorted(allowed),
+        allowed_from=allowed,
         concern=concern,
         action=action.value,
     )

@@ -9,8 +9,9 @@ hash tag ``{s.p}``: an atomic script over one partition touches one Redis Cluste
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 
 from domain.errors import ConfigurationError
 
@@ -34,6 +35,7 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
+@lru_cache(maxsize=4096)  # on every key a bot builds; a refusal raises, so is never cached
 def _check_name(what: str, name: str) -> str:
     if not name or any(c in name for c in "{}: \n"):
         raise ConfigurationError(
@@ -53,11 +55,12 @@ class PartitionKeys:
 
     subsystem: str
     partition: int
+    tag: str = field(init=False, repr=False, compare=False)
+    """The Redis Cluster hash tag shared by all keys of this partition, ``{subsystem.p}``."""
 
-    @property
-    def tag(self) -> str:
-        """The Redis Cluster hash tag shared by all keys of this partition."""
-        return f"{{{self.subsystem}.{self.partition}}}"
+    def __post_init__(self) -> None:
+        # Made once: every key of the partition starts with it, on the bot's hot path.
+        object.__setattr__(self, "tag", f"{{{self.subsystem}.{self.partition}}}")
 
     def stream(self, kind: Kind) -> str:
         """The stream key of one kind."""
