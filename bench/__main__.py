@@ -36,7 +36,7 @@ class Row:
     def ratio(self) -> str:
         if self.base in (None, 0):
             return ""
-        return f"{self.value / self.base:.2f}x"
+        return f"{self.value / self.base:.3g}x"
 
 
 def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
@@ -95,6 +95,10 @@ def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
     return rows, describe(version)
 
 
+KEEP = "<!-- kept by --write: analysis -->"
+"""Marker in bench/RESULTS.md: ``--write`` replaces the table above it, keeps what follows."""
+
+
 def table(rows: list[Row], machine: list[str], command: str) -> str:
     """The rows as a Markdown table, with the machine and the command."""
     lines = [
@@ -124,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write:
         out = Path(__file__).with_name("RESULTS.md")
-        out.write_text(f"# Benchmark results\n\nLatest run of `{command}`:\n\n{text}\n")
+        # The written analysis below the marker outlives a new table.
+        kept = out.read_text().partition(KEEP)[2] if out.exists() else ""
+        head = f"# Benchmark results\n\nLatest run of `{command}`:\n\n{text}\n"
+        out.write_text(head + (f"\n{KEEP}{kept}" if kept else ""))
     return 0
 
 
