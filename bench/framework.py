@@ -24,13 +24,21 @@ EVENTS = SubsystemKeys("bench").partition(0).stream(Kind.EVENTS)
 
 
 @contextmanager
-def bots(url: str, processes: int = 1, concurrency: int = 64) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m bots run bench.apps:app`` until the block ends."""
-    env = {**os.environ, "REDIS_URL": url}
+def bots(
+    url: str,
+    processes: int = 1,
+    concurrency: int = 64,
+    *,
+    app: str = "bench.apps:app",
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m bots run APP`` (the bench app by default) until the block ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bots", "run", "bench.apps:app",
-         "--processes", str(processes), "--concurrency", str(concurrency)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "bots", "run", app,
+         "--processes", str(processes), "--concurrency", str(concurrency), *args],
+        env={**os.environ, **(env or {}), "REDIS_URL": url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         yield proc

@@ -12,16 +12,14 @@ burst it includes the time a notification waits behind the ones put before it.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 
 import redis
 import redis.asyncio
 
+from bench.framework import bots
 from bench.stats import percentile
 from examples.notification.bench_support import FAKE_SENDERS_ENV
 from examples.notification.client import send_notification
@@ -30,24 +28,6 @@ from streams import Kind, Subsystem, SubsystemKeys
 EVENTS = SubsystemKeys("notification").partition(0).stream(Kind.EVENTS)
 TERMINAL = {b"notification.NotificationSent", b"notification.NotificationFailed"}
 APP = "examples.notification.app:app"
-
-
-@contextmanager
-def _bot(url: str, subsystem: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, **FAKE_SENDERS_ENV, "REDIS_URL": url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bots", "run", APP, "--only", subsystem, "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 async def _put_all(url: str, count: int) -> dict[bytes, float]:
@@ -101,7 +81,8 @@ def end_to_end(url: str, count: int) -> dict[str, float]:
     terminals = _Terminals(client)
     with ExitStack() as stack:
         for subsystem in ("notification", "email", "slack"):
-            stack.enter_context(_bot(url, subsystem))
+            only = ("--only", subsystem, "--log-level", "warning")
+            stack.enter_context(bots(url, app=APP, args=only, env=FAKE_SENDERS_ENV))
         # Measure running bots, not starting ones: one notification through first.
         asyncio.run(_put_all(url, 1))
         _wait(lambda: terminals.poll() >= 1, "the warm-up notification", 120)
