@@ -37,6 +37,12 @@ from streams.envelope import Envelope
 from streams.keys import Kind, PartitionKeys
 from streams.scripts import script
 
+_pack: Any
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]; work without it
+    _pack = None
+
 
 class Gone(StreamError):
     """A batch tried to take a delayed entry that another writer already took."""
@@ -313,6 +319,41 @@ _SCRIPT_ERRORS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
 """Error code of commit.lua -> (operands it carries, the framework error it means)."""
 
 
+def _packed(conn: Any, calls: list[tuple[Any, ...]]) -> bytes | list[bytes]:
+    if _pack is not None:
+        try:
+            return b"".join(_pack(call) for call in calls)
+        except TypeError:  # an argument type hiredis does not take: redis-py packs it
+            pass
+    return list(conn.pack_commands(calls))
+
+
+async def _send_all(client: redis.asyncio.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Send commands in one write on one pooled connection; each reply or its error, in order.
+
+    What a non-transactional pipeline does, without its per-command bookkeeping (a
+    third of a bot's commit cost in profiles); commands are packed by hiredis when present.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(_packed(conn, calls), False)
+        out: list[Any] = []
+        for _ in calls:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:  # this call's error; the next replies still follow
+                out.append(exc)
+        return out
+    except BaseException:
+        # Mid-exchange (lost server, cancellation): replies may still be in flight, so this
+        # connection cannot serve another command.
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 async def run_many(
     client: redis.asyncio.Redis, batches: Sequence[Batch]
 ) -> list[list[Any] | Exception]:
@@ -327,11 +368,11 @@ async def run_many(
     replies: list[Any] = [None] * len(batches)
     todo = list(range(len(batches)))
     for _attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for at in todo:
-            keys = batches[at].keys
-            pipe.evalsha(commit.sha, len(keys), *keys, *batches[at]._args)
-        for at, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+        calls = [
+            ("EVALSHA", commit.sha, len(batches[at].keys), *batches[at].keys, *batches[at]._args)
+            for at in todo
+        ]
+        for at, reply in zip(todo, await _send_all(client, calls), strict=True):
             replies[at] = reply
         # A restarted or flushed script cache: NOSCRIPT means that call did nothing, so
         # load the script once and run just those again.
