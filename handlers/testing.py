@@ -1,0 +1,162 @@
+"""Run a handler in a unit test and assert on what it emitted, without a server or a bot.
+
+>>> from handlers.testing import HandlerTest
+>>> test = HandlerTest(app)                          # in-memory streams (fakeredis)
+>>> emitted = await test.send(PlaceOrder(sku="A-1"), object_id="7")
+>>> assert emitted.events == [OrderPlaced(sku="A-1")]
+>>> assert (await test.load(Order, "7")).sku == "A-1"
+
+``send`` finds the handler the app registered for the message's type, runs it with a real
+``Context`` and commits its outputs the way a bot does (versioned appends, puts, views,
+delayed puts), so the next ``send`` sees the state the first one left. ``Retry``, ``NotYet``
+and a handler's own errors come out of ``send`` as raised, for the test to assert on.
+Pass a client on a real server instead of the in-memory one to test against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import redis.asyncio
+
+from domain.aggregate import Aggregate
+from domain.errors import HandlerError
+from domain.messages import Event, Message
+from handlers.context import AppendOutput, Context, PutOutput
+from handlers.registry import App, HandlerSpec, StreamRef
+from streams.commit import Batch
+from streams.envelope import JSON, as_tags, decode, encode
+from streams.keys import SubsystemKeys
+from streams.subsystem import Subsystem
+from streams.testing import MemoryServer
+
+A = TypeVar("A", bound=Aggregate)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """One record a handler put: where, what, under which object id, and when it is due."""
+
+    stream: str
+    message: Message | bytes
+    object_id: str
+    tags: tuple[tuple[str, str], ...] = ()
+    due_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """What one handler run committed, decoded back into messages."""
+
+    events: list[Event] = field(default_factory=list)
+    """Events appended, in order, over every aggregate."""
+    appends: dict[str, list[Event]] = field(default_factory=dict)
+    """Events appended per aggregate id."""
+    puts: list[Put] = field(default_factory=list)
+    """Operations, saga entries and delayed puts; views as their JSON bytes."""
+
+    def put_into(self, stream: str) -> list[Put]:
+        """The puts into ``stream`` ("subsystem/kind")."""
+        ref = StreamRef.parse(stream)
+        return [p for p in self.puts if StreamRef.parse(p.stream) == ref]
+
+
+class HandlerTest:
+    """An app's handlers over in-memory streams (or a given client), one message at a time."""
+
+    def __init__(self, app: App, client: redis.asyncio.Redis | None = None) -> None:
+        self.app = app
+        self.client = client if client is not None else MemoryServer().client()
+        self.keys_of: Mapping[str, SubsystemKeys] = {
+            name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()
+        }
+        self._sent = 0
+
+    def subsystem(self, name: str) -> Subsystem:
+        """A subsystem on the test's client, to read what handlers wrote or to seed data."""
+        return Subsystem(name, self.client, partitions=self.app.partitions_of(name))
+
+    async def load(self, aggregate: type[A], aggregate_id: str, *, subsystem: str = "") -> A:
+        """An aggregate as the handlers left it (default subsystem: the app's name)."""
+        return await self.subsystem(subsystem or self.app.name).aggregates(aggregate).load(
+            aggregate_id
+        )
+
+    def handler_for(self, message: Message, stream: str | None = None) -> HandlerSpec:
+        """The one handler registered for ``message``'s type (on ``stream`` if given)."""
+        wanted = StreamRef.parse(stream) if stream else None
+        found = [
+            spec
+            for spec in self.app.handlers
+            if isinstance(message, spec.message_types)
+            and (wanted is None or spec.source == wanted)
+        ]
+        if len(found) != 1:
+            where = f" on {wanted}" if wanted else ""
+            names = [spec.name for spec in found] or ["none"]
+            raise HandlerError(
+                f"{len(found)} handlers take {type(message).__name__}{where} ({', '.join(names)}); "
+                "pass stream='subsystem/kind' to pick one"
+            )
+        return found[0]
+
+    async def send(
+        self,
+        message: Message,
+        *,
+        object_id: str | int = "",
+        tags: Mapping[str, str] | None = None,
+        stream: str | None = None,
+        attempt: int = 1,
+    ) -> Emitted:
+        """Run the handler of ``message`` once, commit what it emitted, and return that."""
+        spec = self.handler_for(message, stream)
+        envelope = encode(
+            message, object_id=str(object_id), tags=as_tags(tags), types=self.app.types
+        )
+        self._sent += 1
+        ctx = Context(
+            spec,
+            envelope,
+            entry_id=f"{self._sent}-0",
+            attempt=attempt,
+            client=self.client,
+            keys_of=self.keys_of,
+            types=self.app.types,
+        )
+        if spec.is_async:
+            await cast(Awaitable[None], spec.fn(message, ctx))
+        else:
+            await asyncio.to_thread(spec.fn, message, ctx)
+        batch = Batch()
+        ctx.compile(batch)
+        if batch:
+            await batch.run(self.client)
+        return self._emitted(ctx)
+
+    def _emitted(self, ctx: Context) -> Emitted:
+        emitted = Emitted()
+        for output in ctx.outputs:
+            if isinstance(output, AppendOutput):
+                events = [self._decode(e) for e in output.envelopes]
+                typed = [e for e in events if isinstance(e, Event)]
+                emitted.events.extend(typed)
+                emitted.appends.setdefault(output.aggregate_id, []).extend(typed)
+            elif isinstance(output, PutOutput):
+                envelope = output.envelope
+                body: Message | bytes = (
+                    envelope.payload if envelope.fmt == JSON else self._decode(envelope)
+                )
+                emitted.puts.append(
+                    Put(str(output.target), body, envelope.object_id, envelope.tags, output.due_ms)
+                )
+        return emitted
+
+    def _decode(self, envelope: Any) -> Message:
+        return decode("test", "0-0", envelope, self.app.types)
+
+
+__all__ = ["Emitted", "HandlerTest", "Put"]

@@ -1,0 +1,112 @@
+"""handlers.testing: users run a handler in a unit test and assert on what it emitted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from domain import ConcurrencyConflict, HandlerError, Operation, message
+from examples.notification.app import app as notification_app
+from examples.notification.messages import NotificationRequested, SendEmail, SendNotification
+from handlers import App, Context, Retry
+from handlers.testing import HandlerTest
+from tests.conftest import Run
+from tests.messages import Account, Deposited, Opened
+
+
+@message("test.OpenAccount")
+class OpenAccount(Operation):
+    owner: str
+
+
+@message("test.Deposit")
+class Deposit(Operation):
+    amount: int
+
+
+bank = App("bank")
+
+
+@bank.handler(OpenAccount, stream="bank/client-ops", appends=["bank"],
+              writes=["bank/views", "bank/internal-ops"])  # fmt: skip
+async def open_account(op: OpenAccount, ctx: Context) -> None:
+    account = await ctx.load(Account, ctx.object_id)
+    ctx.append(account, Opened(owner=op.owner))
+    ctx.put_view("bank/views", account.id, {"owner": op.owner, "balance": 0})
+    ctx.put("bank/internal-ops", Deposit(amount=1), object_id=account.id, delay=60)
+
+
+@bank.handler(Deposit, stream="bank/internal-ops", appends=["bank"])
+def deposit(op: Deposit, ctx: Context) -> None:
+    """A plain def handler: runs in a thread."""
+    if op.amount < 0:
+        raise Retry(delay=1, reason="negative")
+    account = Account(id=ctx.object_id, version=1)  # as if loaded at version 1
+    ctx.append(account, Deposited(amount=op.amount))
+
+
+def test_send_runs_the_handler_and_returns_what_it_emitted(run: Run[Any]) -> None:
+    """Events, a view's bytes and a delayed put come back decoded; state is committed."""
+    test = HandlerTest(bank)
+
+    emitted = run(test.send(OpenAccount(owner="ann"), object_id="a-1"))
+
+    assert [Opened(owner="ann")] == emitted.events
+    assert {"a-1": [Opened(owner="ann")]} == emitted.appends
+    view = emitted.put_into("bank/views")[0]
+    assert {"owner": "ann", "balance": 0} == orjson.loads(view.message)
+    delayed = emitted.put_into("bank/internal-ops")[0]
+    assert (Deposit(amount=1), "a-1") == (delayed.message, delayed.object_id)
+    assert delayed.due_ms is not None
+    assert "ann" == run(test.load(Account, "a-1")).owner
+
+
+def test_the_next_send_sees_the_state_the_first_left(run: Run[Any]) -> None:
+    """A second handler run loads what the first committed; version checks apply."""
+    test = HandlerTest(bank)
+    run(test.send(OpenAccount(owner="ann"), object_id="a-1"))
+
+    run(test.send(Deposit(amount=5), object_id="a-1"))
+
+    account = run(test.load(Account, "a-1"))
+    assert (2, 5) == (account.version, account.balance)
+    with pytest.raises(ConcurrencyConflict):  # deposit assumes version 1; it is now 2
+        run(test.send(Deposit(amount=5), object_id="a-1"))
+
+
+def test_control_flow_from_a_handler_is_raised_to_the_test(run: Run[Any]) -> None:
+    """Retry (and any error) comes out of send, and nothing is committed."""
+    test = HandlerTest(bank)
+    run(test.send(OpenAccount(owner="ann"), object_id="a-1"))
+
+    with pytest.raises(Retry, match="negative"):
+        run(test.send(Deposit(amount=-1), object_id="a-1"))
+
+    account = run(test.load(Account, "a-1"))
+    assert (1, 0) == (account.version, account.balance)
+
+
+def test_a_message_no_handler_takes_is_refused_clearly(run: Run[Any]) -> None:
+    """send names the type and how many handlers take it."""
+    with pytest.raises(HandlerError, match="0 handlers take SendEmail"):
+        run(HandlerTest(bank).send(SendEmail(delivery_id="d", to="x@example.com", subject="s",
+                                             body="b", notification_id="1")))  # fmt: skip
+
+
+def test_the_notification_example_can_be_unit_tested(run: Run[Any]) -> None:
+    """The example's notification bot, without a server: it asks both channels and waits."""
+    test = HandlerTest(notification_app)
+    op = SendNotification(notification_id="1", recipient="alice", subject="Hi", body="there")
+
+    emitted = run(test.send(op, object_id="1"))
+
+    requested = emitted.events[0]
+    assert isinstance(requested, NotificationRequested)
+    assert ("email", "slack") == requested.channels
+    assert ["alice@example.com"] == [
+        p.message.to for p in emitted.put_into("email/client-ops")
+    ]
+    assert 1 == len(emitted.put_into("slack/client-ops"))
+    assert 1 == len(emitted.put_into("notification/sagas"))
