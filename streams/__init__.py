@@ -4,18 +4,26 @@ versioned aggregates, the handling store, Lua scripts and the server to run them
 from streams.aggregates import AggregateStore, AppendResult
 from streams.commit import Batch, Gone, OnExisting
 from streams.connection import Settings
+from streams.deadletter import DeadLetter, read_dead_letters
 from streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
+from streams.handling import Action, Claim, Composite, HandlingStore, HistoryEntry, Status
 from streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
 from streams.server import LocalServer, find_server_binary, resolve_url, shared_server
 from streams.stream import PutResult, ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream
 from streams.subsystem import Subsystem
 
 __all__ = [
+    "Action",
     "AggregateStore",
     "AppendResult",
     "Batch",
+    "Claim",
+    "Composite",
+    "DeadLetter",
     "Envelope",
     "Gone",
+    "HandlingStore",
+    "HistoryEntry",
     "Kind",
     "LocalServer",
     "OnExisting",
@@ -24,6 +32,7 @@ __all__ = [
     "ReadOnlyStream",
     "Record",
     "Settings",
+    "Status",
     "Subsystem",
     "SubsystemKeys",
     "SyncWriteOnlyStream",
@@ -34,6 +43,7 @@ __all__ = [
     "now_ms",
     "parse",
     "partition_of",
+    "read_dead_letters",
     "resolve_url",
     "shared_server",
     "to_record",
