@@ -59,6 +59,13 @@ class Bot:
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
         self.sources = sources(app, config.only)
+        # Every handler in flight may hold a connection (loads, reads), and so does each
+        # source's blocked XREADGROUP: a pool smaller than that fails with "Too many
+        # connections" under load instead of waiting its turn.
+        pool = self.client.connection_pool
+        needed = config.concurrency + len(self.sources) + 8
+        if getattr(pool, "max_connections", needed) < needed:
+            pool.max_connections = needed
         self.trackers = {
             (s.ref, s.concern): Tracker(self.client, s.keys, s.ref.kind, s.concern)
             for s in self.sources

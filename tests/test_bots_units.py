@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 
+from bots.bot import Bot
 from bots.config import BotConfig
 from bots.source import ATTEMPT_FIELD, CONCERN_FIELD, Verdict, sources
 from bots.supervisor import load_app
@@ -112,3 +113,10 @@ def test_hiredis_packing_is_byte_for_byte_redis_pys() -> None:
         ours = b"".join(_pack_command(conn, *args))
         theirs = b"".join(Connection.pack_command(conn, *args))
         assert theirs == ours
+
+
+def test_the_connection_pool_fits_every_handler_in_flight_and_every_reader() -> None:
+    """A high --concurrency gets a pool big enough for it (the default holds 100)."""
+    bot = Bot(app, BotConfig(url="redis://127.0.0.1:1", concurrency=300))
+
+    assert bot.client.connection_pool.max_connections >= 300 + len(bot.sources)
