@@ -320,6 +320,7 @@ _SCRIPT_ERRORS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
 
 
 def _packed(conn: Any, calls: list[tuple[Any, ...]]) -> bytes | list[bytes]:
+    """The wire bytes of ``calls``: hiredis's packer, else the connection's own."""
     if _pack is not None:
         try:
             return b"".join(_pack(call) for call in calls)
@@ -331,8 +332,8 @@ def _packed(conn: Any, calls: list[tuple[Any, ...]]) -> bytes | list[bytes]:
 async def _send_all(client: redis.asyncio.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
     """Send commands in one write on one pooled connection; each reply or its error, in order.
 
-    What a non-transactional pipeline does, without its per-command bookkeeping (a
-    third of a bot's commit cost in profiles); commands are packed by hiredis when present.
+    What a non-transactional pipeline does, without its per-command bookkeeping (about a
+    tenth of a bot's CPU per operation in the case-2 profile); hiredis packs the commands.
     """
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
