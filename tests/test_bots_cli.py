@@ -97,7 +97,8 @@ def test_the_supervisor_restarts_a_worker_that_dies(real: Backend, tmp_path: Pat
         wait_until(lambda: client.xlen(EVENTS) >= 100, "the later operations", 30, bot)
         assert "worker died; restarting it" in bot.text()
         status, _ = bot.terminate(timeout=20)
-    assert 0 == status
+        log = bot.text()
+    assert 0 == status, log[-4000:]
     assert list(range(100)) == sorted(ns_of(client, EVENTS))
 
 

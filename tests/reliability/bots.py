@@ -83,14 +83,23 @@ def stop_all(bots: Sequence[BotProcess]) -> list[int | None]:
     return [bot.stop() for bot in bots]
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll ``check`` every 50 ms until it holds; fail naming ``what`` after ``timeout``."""
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    diagnose: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``check`` every 50 ms until it holds; fail naming ``what`` after ``timeout``.
+
+    ``diagnose`` adds what to look at (the bots' log) to the failure message.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    extra = f"\n{diagnose()}" if diagnose else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
 
 
 def objects_in(client: redis.Redis, stream: str, type_name: bytes) -> Counter[bytes]:

@@ -91,10 +91,12 @@ def test_with_appendfsync_always_every_acknowledged_put_is_handled(tmp_path: Pat
         producer, _ = _restart_under_load(server, tmp_path / "bots.log", 1200)
         client = redis.Redis.from_url(server.url)
         acknowledged = {f"job-{n}".encode() for n in producer.acknowledged}
+        log = tmp_path / "bots.log"
         wait_until(
             lambda: acknowledged <= set(objects_in(client, EVENTS, b"chaos.Done")),
             f"{len(acknowledged)} acknowledged operations handled",
             90,
+            diagnose=lambda: log.read_text(errors="replace")[-4000:],
         )
         wait_until(lambda: pending(client, STREAM) == 0, "no pending entries", 30)
         events = objects_in(client, EVENTS, b"chaos.Done")
