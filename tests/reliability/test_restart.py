@@ -62,7 +62,7 @@ def _bots(url: str, log: Path) -> list[BotProcess]:
     return [
         BotProcess(
             "tests.reliability.apps:app", url, "--visibility-timeout", "2", "--block-ms", "100",
-            log=log,
+            "--log-level", "info", log=log,
         ).start()
         for _ in range(2)
     ]  # fmt: skip
@@ -82,6 +82,22 @@ def _restart_under_load(server: LocalServer, log: Path, total: int) -> tuple[Pro
     return producer, time.monotonic() - killed_at
 
 
+def _diagnose(client: redis.Redis, acknowledged: set[bytes], log: Path) -> str:
+    """Where the unhandled operations are: in the stream, pending, dead-lettered; the log."""
+    missing = sorted(acknowledged - set(objects_in(client, EVENTS, b"chaos.Done")))
+    entries = {f.get(b"obj"): eid for eid, f in client.xrange(STREAM)}
+    found = {m: entries.get(m.removeprefix(b"job-")) for m in missing[:20]}
+    groups = client.xinfo_groups(STREAM)
+    consumers = client.xinfo_consumers(STREAM, "do") if groups else []
+    pend = client.xpending_range(STREAM, "do", "-", "+", 20) if groups else []
+    dead = client.xlen(KEYS.stream(Kind.DEAD_LETTERS))
+    return (
+        f"missing {len(missing)}: {found}\ngroups {groups}\nconsumers {consumers}\n"
+        f"pending {pend}\ndead letters {dead}\nlog tail:\n"
+        f"{log.read_text(errors='replace')[-3000:]}"
+    )
+
+
 @pytest.mark.timeout(180)
 def test_with_appendfsync_always_every_acknowledged_put_is_handled(tmp_path: Path) -> None:
     """appendonly+always: each put acknowledged before the kill is handled once afterwards."""
@@ -91,12 +107,11 @@ def test_with_appendfsync_always_every_acknowledged_put_is_handled(tmp_path: Pat
         producer, _ = _restart_under_load(server, tmp_path / "bots.log", 1200)
         client = redis.Redis.from_url(server.url)
         acknowledged = {f"job-{n}".encode() for n in producer.acknowledged}
-        log = tmp_path / "bots.log"
         wait_until(
             lambda: acknowledged <= set(objects_in(client, EVENTS, b"chaos.Done")),
             f"{len(acknowledged)} acknowledged operations handled",
             90,
-            diagnose=lambda: log.read_text(errors="replace")[-4000:],
+            diagnose=lambda: _diagnose(client, acknowledged, tmp_path / "bots.log"),
         )
         wait_until(lambda: pending(client, STREAM) == 0, "no pending entries", 30)
         events = objects_in(client, EVENTS, b"chaos.Done")
