@@ -45,6 +45,8 @@ from streams.handling import Claim
 from streams.keys import SubsystemKeys
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+SILENCE_TIMEOUT = 30.0
+"""Seconds a bot waits for a reply beyond a blocking read's own wait before giving up."""
 
 
 class Bot:
@@ -55,7 +57,13 @@ class Bot:
     ) -> None:
         self.app = app
         self.config = config
-        self.client = fast_packing(client or Settings(url=config.url).async_client())
+        # No reply may be awaited forever: a connection that goes silent (a server lost
+        # mid-reply) fails with a timeout after this long and is retried like any network
+        # error, instead of stalling the commits or reads waiting on it. It is longer than
+        # one blocking read (block_ms) plus a slow script.
+        timeout = config.block_ms / 1000 + SILENCE_TIMEOUT
+        settings = Settings(url=config.url, socket_timeout=timeout)
+        self.client = fast_packing(client or settings.async_client())
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
         self.sources = sources(app, config.only)

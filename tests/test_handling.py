@@ -186,6 +186,33 @@ def test_reclaim_takes_over_a_running_record(backend: Backend, run: Run[None]) -
     run(scenario())
 
 
+def test_a_replayed_claim_call_is_claimed_again_not_skipped(
+    backend: Backend, run: Run[None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same claim call re-sent after a lost reply: CLAIMED again, nothing written twice.
+
+    redis-py re-sends a command after a dropped connection; if the first send had run, the
+    record is Running with this call's own history entry last. Skipping it would make the
+    bot ack an entry it never handled. Another claimer (or a later call) is still refused,
+    and a record twice in one call is claimed once.
+    """
+    store = _store(backend.subsystem("mail"))
+    monkeypatch.setattr("streams.handling.now_ms", lambda: 1_700_000_000_000)
+
+    async def scenario() -> None:
+        first = await store.claim([("m1", "")], actor="bot-1")
+        replay = await store.claim([("m1", "")], actor="bot-1")
+        other = await store.claim([("m1", "")], actor="bot-2")
+        twice = await store.claim([("m2", ""), ("m2", "")], actor="bot-1")
+
+        assert [(Claim.CLAIMED, Status.RUNNING)] == first == replay
+        assert [(Claim.SKIPPED, Status.RUNNING)] == other
+        assert [(Claim.CLAIMED, Status.RUNNING), (Claim.SKIPPED, Status.RUNNING)] == twice
+        assert [Action.CLAIM] == [e.action for e in await store.history("m1")]
+
+    run(scenario())
+
+
 def test_details_tags_and_actor_are_kept(backend: Backend, run: Run[None]) -> None:
     """A failure's details, tags and actor are in the history entry, and survive packing."""
     store = _store(backend.subsystem("mail"))

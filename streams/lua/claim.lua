@@ -15,6 +15,10 @@
 --       one's record); the entries are packed history entries for a claim and a reclaim.
 -- Returns: per record {outcome, status}: outcome CLAIMED (status Running), SKIPPED (status
 --          the record's current one), or BLOCKED (status DisabledForStream; nothing written).
+-- Replays: a client re-sends a call whose reply a dropped connection lost. A Running record
+--          whose last history entry is this call's own claim entry (same time, same actor)
+--          is reported CLAIMED again without writing, so the replay does not skip (and ack)
+--          an entry its caller was about to handle. A record twice in one call is claimed once.
 
 local concern = ARGV[1]
 local reclaim = ARGV[2] == '1'
@@ -24,6 +28,7 @@ for k = 1, nclaimable do claimable[ARGV[3 + k]] = true end
 local at = 4 + nclaimable
 
 local out = {}
+local here = {}  -- records claimed by this call: a record twice in one call is claimed once
 local blocked = redis.call('HGET', KEYS[2], 'stream:' .. concern) == 'DisabledForStream'
 local k = 0
 while at <= #ARGV do
@@ -39,7 +44,9 @@ while at <= #ARGV do
   else
     local current = redis.call('HGET', KEYS[1], record) or 'AvailableByDefault'
     local entry = false
-    if claimable[current] then
+    if here[record] then
+      entry = false
+    elseif claimable[current] then
       entry = claim_entry
     elseif reclaim and current == 'Running' then
       entry = reclaim_entry
@@ -47,6 +54,14 @@ while at <= #ARGV do
     if entry then
       redis.call('HSET', KEYS[1], record, 'Running')
       redis.call('RPUSH', KEYS[2 + k], entry)
+      here[record] = true
+      out[#out + 1] = {'CLAIMED', 'Running'}
+    elseif current == 'Running' and not here[record]
+        and redis.call('LINDEX', KEYS[2 + k], -1) == claim_entry then
+      -- This very call ran before and its reply was lost: the client re-sent it after a
+      -- dropped connection. Its history entry is the last one, so the claim is already the
+      -- caller's; skipping would ack the entry unhandled.
+      here[record] = true
       out[#out + 1] = {'CLAIMED', 'Running'}
     else
       out[#out + 1] = {'SKIPPED', current}
