@@ -51,7 +51,7 @@ CONSUMER_COMMANDS = (
 )  # fmt: skip
 """What a consumer-group member does on its input stream (XREADGROUP needs read and write)."""
 HANDLING_COMMANDS = (
-    "hget", "hmget", "hgetall", "hexists", "hset", "hdel", "rpush", "lrange", "llen",
+    "hget", "hmget", "hgetall", "hexists", "hset", "hdel", "rpush", "lrange", "llen", "lindex",
 )  # fmt: skip
 """What a consumer does on its handling store: status hash, history lists."""
 DELAYED_COMMANDS = ("zadd", "zrangebyscore", "zscore", "zrem", "zcard")

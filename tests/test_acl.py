@@ -33,6 +33,7 @@ from streams.aggregates import AggregateStore
 from streams.deadletter import read_dead_letters_sync
 from streams.delayed import Delayed
 from streams.envelope import Entry, as_str, parse
+from streams.handling import Claim, HandlingStore, Status
 from streams.stream import build_put
 from tests.conftest import Backend
 from tests.messages import Account, Deposited, Opened, Ping
@@ -482,6 +483,21 @@ def test_bot_consumes_and_commits_declared_outputs_as_its_user(
     assert [Ping(n=6)] == billed
     assert b'{"state":"placed"}' == view
     assert b"Completed" == status
+
+
+def test_bot_claims_and_recognises_a_replayed_claim_as_its_user(
+    users: Users, run: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot user may claim records, including the replay check claim.lua makes (LINDEX)."""
+    store = HandlingStore(users.aio(BOT), ORDERS, CO, "place")
+    monkeypatch.setattr("streams.handling.now_ms", lambda: 1_700_000_000_000)
+
+    async def scenario() -> tuple[Any, Any]:
+        first = await store.claim([("m-1", "o-1")], actor="worker")
+        return first, await store.claim([("m-1", "o-1")], actor="worker")
+
+    first, replay = run(scenario())
+    assert [(Claim.CLAIMED, Status.RUNNING)] == first == replay
 
 
 def test_bot_commit_with_an_undeclared_output_is_refused_whole(
