@@ -17,7 +17,7 @@ import redis
 
 from bench import aggregates, baseline, framework
 from bench.machine import describe
-from streams import LocalServer
+from streamcqrs.streams import LocalServer
 
 PAYLOAD = "x" * 60  # with the envelope, an operation of ~100 bytes of payload and ids
 

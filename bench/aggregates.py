@@ -8,7 +8,7 @@ import time
 import redis.asyncio
 
 from bench.apps import Counted, Counter
-from streams import Subsystem
+from streamcqrs.streams import Subsystem
 
 
 async def _measure(url: str, events: int, every: int, repeats: int) -> dict[str, float]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from domain import Aggregate, Event, Operation, message
-from handlers import App, Context
+from streamcqrs.domain import Aggregate, Event, Operation, message
+from streamcqrs.handlers import App, Context
 
 
 @message("bench.Work")

@@ -17,7 +17,7 @@ import redis.asyncio
 from bench.apps import Work
 from bench.baseline import paced, summarize, wait_for
 from bench.stats import ms_of, rate
-from streams import Batch, Kind, Subsystem, SubsystemKeys, encode
+from streamcqrs.streams import Batch, Kind, Subsystem, SubsystemKeys, encode
 
 OPS = SubsystemKeys("bench").partition(0).stream(Kind.CLIENT_OPERATIONS)
 EVENTS = SubsystemKeys("bench").partition(0).stream(Kind.EVENTS)
@@ -35,7 +35,7 @@ def bots(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m bots run APP`` (the bench app by default) until the block ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bots", "run", app,
+        [sys.executable, "-m", "streamcqrs.bots", "run", app,
          "--processes", str(processes), "--concurrency", str(concurrency), *args],
         env={**os.environ, **(env or {}), "REDIS_URL": url},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

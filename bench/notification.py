@@ -23,7 +23,7 @@ from bench.framework import bots
 from bench.stats import percentile
 from examples.notification.bench_support import FAKE_SENDERS_ENV
 from examples.notification.client import send_notification
-from streams import Kind, Subsystem, SubsystemKeys
+from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
 
 EVENTS = SubsystemKeys("notification").partition(0).stream(Kind.EVENTS)
 TERMINAL = {b"notification.NotificationSent", b"notification.NotificationFailed"}

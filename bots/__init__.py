@@ -5,8 +5,8 @@ runs N of them as worker processes; ``BotConfig`` holds their settings. Most use
 ``python -m bots run MODULE:APP`` and ``python -m bots status MODULE:APP``.
 """
 
-from bots.bot import Bot
-from bots.config import BotConfig
-from bots.supervisor import Supervisor, load_app
+from streamcqrs.bots.bot import Bot
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.supervisor import Supervisor, load_app
 
 __all__ = ["Bot", "BotConfig", "Supervisor", "load_app"]

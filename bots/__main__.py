@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bots.config import BotConfig
-from bots.logging import LEVELS, configure
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.logging import LEVELS, configure
 
 DEFAULTS = BotConfig()
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command; return the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from bots.supervisor import Supervisor
+        from streamcqrs.bots.supervisor import Supervisor
 
         config = BotConfig(
             url=args.url,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             args.app, config, processes=args.processes, log_level=args.log_level, json=json
         )
         return supervisor.run()
-    from bots.status import main as status_main
+    from streamcqrs.bots.status import main as status_main
 
     return status_main(args.app, args.url, as_json=args.json)
 

@@ -27,22 +27,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bots import recovery
-from bots.committer import Committer
-from bots.config import BotConfig
-from bots.delayed import Mover
-from bots.logging import entry_logger, get_logger
-from bots.outcomes import Outcomes
-from bots.source import Delivery, Source, Verdict, sources
-from bots.tracking import Tracker
-from bots.wire import fast_packing
-from domain.errors import ConcurrencyConflict
-from handlers.registry import App
-from streams.commit import NotOwner
-from streams.connection import Settings
-from streams.envelope import Entry, as_str
-from streams.handling import Claim
-from streams.keys import SubsystemKeys
+from streamcqrs.bots import recovery
+from streamcqrs.bots.committer import Committer
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.delayed import Mover
+from streamcqrs.bots.logging import entry_logger, get_logger
+from streamcqrs.bots.outcomes import Outcomes
+from streamcqrs.bots.source import Delivery, Source, Verdict, sources
+from streamcqrs.bots.tracking import Tracker
+from streamcqrs.bots.wire import fast_packing
+from streamcqrs.domain.errors import ConcurrencyConflict
+from streamcqrs.handlers.registry import App
+from streamcqrs.streams.commit import NotOwner
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.envelope import Entry, as_str
+from streamcqrs.streams.handling import Claim
+from streamcqrs.streams.keys import SubsystemKeys
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 SILENCE_TIMEOUT = 30.0

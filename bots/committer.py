@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio
 
-from streams.commit import Batch, run_many
+from streamcqrs.streams.commit import Batch, run_many
 
 MAX_PER_ROUND = 256
 """Most commits in one pipeline: keeps one round trip's reply small and its latency low."""

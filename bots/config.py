@@ -11,7 +11,7 @@ import random
 import socket
 from dataclasses import dataclass, field, replace
 
-from domain.errors import ConfigurationError
+from streamcqrs.domain.errors import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)

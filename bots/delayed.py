@@ -20,11 +20,11 @@ import msgpack
 import redis.asyncio
 import redis.exceptions
 
-from bots.source import ATTEMPT_FIELD, CONCERN_FIELD
-from streams.commit import Batch, Gone, run_many
-from streams.deadletter import add_dead_letter, dead_letter
-from streams.delayed import Delayed
-from streams.keys import Kind, PartitionKeys
+from streamcqrs.bots.source import ATTEMPT_FIELD, CONCERN_FIELD
+from streamcqrs.streams.commit import Batch, Gone, run_many
+from streamcqrs.streams.deadletter import add_dead_letter, dead_letter
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.keys import Kind, PartitionKeys
 
 PER_ROUND = 200
 """Most members moved per set per round; a bigger backlog is moved over further rounds."""

@@ -25,17 +25,17 @@ from typing import Any, cast
 
 import redis.asyncio
 
-from bots.config import BotConfig
-from bots.source import Delivery, Verdict
-from bots.tracking import Outcome, Tracker
-from domain.errors import ConcurrencyConflict, HandlerError
-from handlers.context import Context
-from handlers.control import NotYet, Retry
-from streams.commit import Batch, OnExisting
-from streams.deadletter import add_dead_letter, dead_letter
-from streams.delayed import Delayed
-from streams.envelope import now_ms
-from streams.keys import SubsystemKeys
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.source import Delivery, Verdict
+from streamcqrs.bots.tracking import Outcome, Tracker
+from streamcqrs.domain.errors import ConcurrencyConflict, HandlerError
+from streamcqrs.handlers.context import Context
+from streamcqrs.handlers.control import NotYet, Retry
+from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.deadletter import add_dead_letter, dead_letter
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import now_ms
+from streamcqrs.streams.keys import SubsystemKeys
 
 
 class Outcomes:

@@ -20,9 +20,9 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from bots.source import Source
-from streams.commit import Batch
-from streams.envelope import Entry, as_str
+from streamcqrs.bots.source import Source
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import Entry, as_str
 
 RELEASED_IDLE_MS = 10**12
 """Idle time given to released entries: older than any visibility timeout."""

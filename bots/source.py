@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from domain.errors import DecodeError, UnknownMessageType
-from domain.messages import Message
-from domain.registry import TypeRegistry
-from handlers.registry import App, HandlerSpec, StreamRef
-from streams.envelope import Envelope, decode, parse
-from streams.keys import PartitionKeys, SubsystemKeys
+from streamcqrs.domain.errors import DecodeError, UnknownMessageType
+from streamcqrs.domain.messages import Message
+from streamcqrs.domain.registry import TypeRegistry
+from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
+from streamcqrs.streams.envelope import Envelope, decode, parse
+from streamcqrs.streams.keys import PartitionKeys, SubsystemKeys
 
 ATTEMPT_FIELD = b"att"
 """Entry field beside the envelope: which attempt this delivery is (absent: the first)."""

@@ -16,12 +16,12 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from bots.source import Source, sources
-from bots.supervisor import load_app
-from handlers.registry import App
-from streams.connection import Settings
-from streams.envelope import as_str
-from streams.keys import Kind
+from streamcqrs.bots.source import Source, sources
+from streamcqrs.bots.supervisor import load_app
+from streamcqrs.handlers.registry import App
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.envelope import as_str
+from streamcqrs.streams.keys import Kind
 
 
 @dataclass(frozen=True, slots=True)

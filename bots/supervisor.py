@@ -22,12 +22,12 @@ import threading
 import time
 from types import FrameType
 
-from bots.bot import Bot
-from bots.config import BotConfig
-from bots.logging import configure, get_logger
-from domain.errors import ConfigurationError
-from handlers.registry import App
-from streams.server import resolve_url
+from streamcqrs.bots.bot import Bot
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.logging import configure, get_logger
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.handlers.registry import App
+from streamcqrs.streams.server import resolve_url
 
 CHECK_EVERY = 0.2
 """Seconds between two looks at the workers."""

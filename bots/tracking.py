@@ -12,9 +12,9 @@ from enum import StrEnum
 
 import redis.asyncio
 
-from streams.commit import Batch
-from streams.handling import Action, Claim, HandlingStore, transition
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.handling import Action, Claim, HandlingStore, transition
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 
 class Outcome(StrEnum):

@@ -3,8 +3,8 @@
 This layer never imports redis or any other layer; everything else stands on it.
 """
 
-from domain.aggregate import Aggregate
-from domain.errors import (
+from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import (
     ConcurrencyConflict,
     ConfigurationError,
     DecodeError,
@@ -21,9 +21,9 @@ from domain.errors import (
     StreamError,
     UnknownMessageType,
 )
-from domain.ids import new_message_id
-from domain.messages import Event, Message, Operation
-from domain.registry import MessageType, TypeRegistry, message, registry
+from streamcqrs.domain.ids import new_message_id
+from streamcqrs.domain.messages import Event, Message, Operation
+from streamcqrs.domain.registry import MessageType, TypeRegistry, message, registry
 
 __all__ = [
     "Aggregate",

@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.messages import Event
+from streamcqrs.domain.messages import Event
 
 
 class Aggregate(BaseModel):

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from domain.errors import RegistryError, UnknownMessageType
-from domain.messages import Message
+from streamcqrs.domain.errors import RegistryError, UnknownMessageType
+from streamcqrs.domain.messages import Message
 
 M = TypeVar("M", bound=type[Message])
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -1,13 +1,14 @@
 """What user code plugs into: handler declarations, the handler context, control flow."""
 
-from handlers.context import AppendOutput, Context, Output, PutOutput
-from handlers.control import NotYet, Retry
-from handlers.registry import App, HandlerSpec, StreamRef
+from streamcqrs.handlers.context import AppendOutput, Context, Output, PutOutput
+from streamcqrs.handlers.control import Fail, NotYet, Retry
+from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 
 __all__ = [
     "App",
     "AppendOutput",
     "Context",
+    "Fail",
     "HandlerSpec",
     "NotYet",
     "Output",

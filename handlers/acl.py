@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from handlers.registry import App
-from streams import acl
-from streams.keys import Kind, SubsystemKeys
+from streamcqrs.handlers.registry import App
+from streamcqrs.streams import acl
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 
 API_KINDS = (Kind.VIEWS, Kind.EVENTS)
 """What an API reads by default: views (served raw) and events (audit, live state)."""

@@ -17,17 +17,17 @@ from typing import Any, TypeVar
 import redis.asyncio
 import structlog
 
-from domain.aggregate import Aggregate
-from domain.errors import HandlerError
-from domain.messages import Event, Message
-from domain.registry import TypeRegistry
-from handlers.registry import HandlerSpec, StreamRef
-from streams.aggregates import AggregateStore
-from streams.commit import Batch, OnExisting
-from streams.delayed import Delayed
-from streams.envelope import Envelope, as_tags, encode, encode_view, now_ms
-from streams.keys import SubsystemKeys
-from streams.stream import ReadOnlyStream, to_ms
+from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import HandlerError
+from streamcqrs.domain.messages import Event, Message
+from streamcqrs.domain.registry import TypeRegistry
+from streamcqrs.handlers.registry import HandlerSpec, StreamRef
+from streamcqrs.streams.aggregates import AggregateStore
+from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import Envelope, as_tags, encode, encode_view, now_ms
+from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.stream import ReadOnlyStream, to_ms
 
 A = TypeVar("A", bound=Aggregate)
 TagsIn = Iterable[tuple[str, str]] | Mapping[str, str] | None

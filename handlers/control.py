@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain.errors import StreamCQRSError
+from streamcqrs.domain.errors import StreamCQRSError
 
 
 class Retry(StreamCQRSError):
@@ -27,4 +27,16 @@ class NotYet(StreamCQRSError):
     def __init__(self, delay: float = 1.0, reason: str = "") -> None:
         super().__init__(reason or "handler is not ready yet")
         self.delay = delay
+        self.reason = reason
+
+
+class Fail(StreamCQRSError):
+    """Raise from a handler to fail its record at once: Failed and dead-lettered, no retries.
+
+    For errors no retry can fix (the input names a customer that does not exist, a
+    payment was declined); ``reason`` goes into the dead letter and the handling history.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from domain.errors import HandlerError
-from domain.messages import Message
-from domain.registry import TypeRegistry, registry
-from streams.keys import Kind, check_concern
-from streams.subsystem import as_kind
+from streamcqrs.domain.errors import HandlerError
+from streamcqrs.domain.messages import Message
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.keys import Kind, check_concern
+from streamcqrs.streams.subsystem import as_kind
 
 F = TypeVar("F", bound=Callable[..., Any])
 HandlerFn = Callable[[Any, Any], Awaitable[None] | None]

@@ -22,16 +22,16 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio
 
-from domain.aggregate import Aggregate
-from domain.errors import HandlerError
-from domain.messages import Event, Message
-from handlers.context import AppendOutput, Context, PutOutput
-from handlers.registry import App, HandlerSpec, StreamRef
-from streams.commit import Batch
-from streams.envelope import JSON, as_tags, decode, encode
-from streams.keys import SubsystemKeys
-from streams.subsystem import Subsystem
-from streams.testing import MemoryServer
+from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import HandlerError
+from streamcqrs.domain.messages import Event, Message
+from streamcqrs.handlers.context import AppendOutput, Context, PutOutput
+from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import JSON, as_tags, decode, encode
+from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.subsystem import Subsystem
+from streamcqrs.streams.testing import MemoryServer
 
 A = TypeVar("A", bound=Aggregate)
 

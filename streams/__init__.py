@@ -1,16 +1,28 @@
 """Redis-backed streams: the key scheme, envelopes, the six stream kinds handed out by role,
 versioned aggregates, the handling store, Lua scripts and the server to run them on."""
 
-from streams.aggregates import AggregateStore, AppendResult
-from streams.commit import Batch, Gone, OnExisting
-from streams.connection import Settings
-from streams.deadletter import DeadLetter, read_dead_letters
-from streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
-from streams.handling import Action, Claim, Composite, HandlingStore, HistoryEntry, Status
-from streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
-from streams.server import LocalServer, find_server_binary, resolve_url, shared_server
-from streams.stream import PutResult, ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream
-from streams.subsystem import Subsystem
+from streamcqrs.streams.aggregates import AggregateStore, AppendResult
+from streamcqrs.streams.commit import Batch, Gone, OnExisting
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.deadletter import DeadLetter, read_dead_letters
+from streamcqrs.streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
+from streamcqrs.streams.handling import (
+    Action,
+    Claim,
+    Composite,
+    HandlingStore,
+    HistoryEntry,
+    Status,
+)
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
+from streamcqrs.streams.server import LocalServer, find_server_binary, resolve_url, shared_server
+from streamcqrs.streams.stream import (
+    PutResult,
+    ReadOnlyStream,
+    SyncWriteOnlyStream,
+    WriteOnlyStream,
+)
+from streamcqrs.streams.subsystem import Subsystem
 
 __all__ = [
     "Action",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from streams.cli import main
+from streamcqrs.streams.cli import main
 
 raise SystemExit(main())

@@ -31,8 +31,8 @@ from enum import StrEnum
 
 import redis
 
-from domain.errors import ConfigurationError
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 _SENTINEL = "\x00any\x00"
 _GLOB_SPECIAL = "\\*?[]"

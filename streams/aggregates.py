@@ -17,12 +17,12 @@ import orjson
 import redis.asyncio
 from pydantic import ValidationError
 
-from domain.aggregate import Aggregate
-from domain.errors import DecodeError
-from domain.messages import Event
-from domain.registry import TypeRegistry, registry
-from streams.commit import Batch, OnExisting
-from streams.envelope import (
+from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import DecodeError
+from streamcqrs.domain.messages import Event
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.envelope import (
     JSON,
     Envelope,
     Record,
@@ -34,8 +34,8 @@ from streams.envelope import (
     script_entry,
     to_record,
 )
-from streams.keys import Kind, SubsystemKeys
-from streams.scripts import script
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.scripts import script
 
 A = TypeVar("A", bound=Aggregate)
 PAGE = 1000

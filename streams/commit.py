@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError, ResponseError
 
-from domain.errors import (
+from streamcqrs.domain.errors import (
     ConcurrencyConflict,
     ConfigurationError,
     DuplicateRecord,
@@ -33,9 +33,9 @@ from domain.errors import (
     PermissionDenied,
     StreamError,
 )
-from streams.envelope import Envelope
-from streams.keys import Kind, PartitionKeys
-from streams.scripts import script
+from streamcqrs.streams.envelope import Envelope
+from streamcqrs.streams.keys import Kind, PartitionKeys
+from streamcqrs.streams.scripts import script
 
 _pack: Any
 try:

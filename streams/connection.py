@@ -11,7 +11,7 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from streams.server import resolve_url
+from streamcqrs.streams.server import resolve_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,12 +23,12 @@ import redis
 import redis.asyncio
 from pydantic import ValidationError
 
-from domain.errors import DecodeError
-from domain.messages import Message
-from domain.registry import message
-from streams.commit import Batch, OnExisting
-from streams.envelope import Envelope, as_str, entries, now_ms, parse
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.domain.errors import DecodeError
+from streamcqrs.domain.messages import Message
+from streamcqrs.domain.registry import message
+from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.envelope import Envelope, as_str, entries, now_ms, parse
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 TYPE_NAME = "streamcqrs.DeadLetter"
 KIND = Kind.DEAD_LETTERS

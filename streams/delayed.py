@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from streams.commit import OnExisting
-from streams.envelope import Envelope
+from streamcqrs.streams.commit import OnExisting
+from streamcqrs.streams.envelope import Envelope
 
 
 @dataclass(frozen=True, slots=True)

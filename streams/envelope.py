@@ -28,10 +28,10 @@ import msgpack
 import orjson
 from pydantic import ValidationError
 
-from domain.errors import DecodeError, EncodeError, RegistryError, UnknownMessageType
-from domain.ids import new_message_id
-from domain.messages import Message
-from domain.registry import TypeRegistry, registry
+from streamcqrs.domain.errors import DecodeError, EncodeError, RegistryError, UnknownMessageType
+from streamcqrs.domain.ids import new_message_id
+from streamcqrs.domain.messages import Message
+from streamcqrs.domain.registry import TypeRegistry, registry
 
 Tags = tuple[tuple[str, str], ...]
 Entry = tuple[bytes, dict[bytes, bytes]]

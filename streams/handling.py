@@ -31,13 +31,13 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from domain.errors import ConfigurationError, DecodeError, InvalidTransition
-from domain.registry import TypeRegistry, registry
-from streams.commit import Batch
-from streams.envelope import Entry, Record, as_str, as_tags, now_ms, to_record
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
-from streams.scripts import script
-from streams.statuses import (
+from streamcqrs.domain.errors import ConfigurationError, DecodeError, InvalidTransition
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import Entry, Record, as_str, as_tags, now_ms, to_record
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.scripts import script
+from streamcqrs.streams.statuses import (
     CLAIMABLE,
     DONE,
     STREAM_SWITCH,
@@ -47,7 +47,7 @@ from streams.statuses import (
     HistoryEntry,
     Status,
 )
-from streams.stream import MAX_ID
+from streamcqrs.streams.stream import MAX_ID
 
 
 def flags_log(keys: PartitionKeys, kind: Kind) -> str:

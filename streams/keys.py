@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
-from domain.errors import ConfigurationError
+from streamcqrs.domain.errors import ConfigurationError
 
 
 class Kind(StrEnum):

@@ -46,5 +46,5 @@ class Script:
 @cache
 def script(name: str) -> Script:
     """Load ``streams/lua/<name>.lua`` once per process."""
-    source = resources.files("streams").joinpath("lua", f"{name}.lua").read_text()
+    source = resources.files("streamcqrs.streams").joinpath("lua", f"{name}.lua").read_text()
     return Script(name, source)

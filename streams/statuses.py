@@ -13,8 +13,8 @@ from enum import StrEnum
 
 import msgpack
 
-from domain.errors import HandlingError
-from streams.envelope import Tags
+from streamcqrs.domain.errors import HandlingError
+from streamcqrs.streams.envelope import Tags
 
 
 class Status(StrEnum):

@@ -20,12 +20,12 @@ import redis
 import redis.asyncio
 from redis.typing import KeyT, StreamIdT
 
-from domain.errors import RoleError
-from domain.messages import Message
-from domain.registry import TypeRegistry, registry
-from streams.commit import Batch, OnExisting
-from streams.delayed import Delayed
-from streams.envelope import (
+from streamcqrs.domain.errors import RoleError
+from streamcqrs.domain.messages import Message
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import (
     Entry,
     Envelope,
     Record,
@@ -38,8 +38,8 @@ from streams.envelope import (
     script_entry,
     to_record,
 )
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
-from streams.scripts import script
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.scripts import script
 
 _WRITE_ONLY = frozenset({"put", "put_view", "next_id"})
 _READ_ONLY = frozenset({"read", "latest", "latest_raw", "by_tag", "subscribe", "length"})

@@ -8,12 +8,12 @@ from typing import TypeVar
 import redis
 import redis.asyncio
 
-from domain.aggregate import Aggregate
-from domain.errors import ConfigurationError
-from domain.registry import TypeRegistry, registry
-from streams.aggregates import AggregateStore
-from streams.keys import Kind, SubsystemKeys
-from streams.stream import ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream, to_ms
+from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.aggregates import AggregateStore
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.stream import ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream, to_ms
 
 A = TypeVar("A", bound=Aggregate)
 KindName = Kind | str

@@ -15,9 +15,9 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from domain.errors import ConfigurationError
-from domain.registry import TypeRegistry, registry
-from streams.subsystem import Subsystem
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.subsystem import Subsystem
 
 
 class MemoryServer:

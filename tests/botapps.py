@@ -31,11 +31,11 @@ from pathlib import Path
 
 import redis
 
-from domain import Aggregate, Event, Message, Operation, message
-from handlers import App, Context, NotYet, Retry
-from streams.commit import Batch
-from streams.envelope import encode, entries, to_record
-from streams.keys import Kind, SubsystemKeys
+from streamcqrs.domain import Aggregate, Event, Message, Operation, message
+from streamcqrs.handlers import App, Context, NotYet, Retry
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import encode, entries, to_record
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 
 SUBSYSTEM = "botapp"
 
@@ -199,8 +199,8 @@ class BotProcess:
     def __init__(self, url: str, log: Path, *args: str) -> None:
         self.log = log
         self._out = log.open("ab")
-        command = [sys.executable, "-m", "bots", "run", "tests.botapps:app", "--url", url,
-                   *FAST, *args]  # fmt: skip
+        command = [sys.executable, "-m", "streamcqrs.bots", "run", "tests.botapps:app",
+                   "--url", url, *FAST, *args]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
 
-from domain.errors import ServerUnavailable
-from streams import LocalServer, Subsystem
-from streams.testing import MemoryServer
-
-T = TypeVar("T")
-Run = Callable[[Coroutine[Any, Any, T]], T]
+from streamcqrs.domain.errors import ServerUnavailable
+from streamcqrs.streams import LocalServer
+from tests.support import Backend, Run
 
 
 @pytest.fixture(scope="session")
@@ -43,47 +39,6 @@ def run() -> Iterator[Run[Any]]:
     """Run a coroutine to completion on one event loop kept for the whole test."""
     with asyncio.Runner() as runner:
         yield runner.run
-
-
-class Backend:
-    """Where a contract test's data lives: a real server or the in-memory mode."""
-
-    def __init__(self, name: str, url: str | None, run: Run[Any]) -> None:
-        self.name = name
-        self.url = url
-        self._run = run
-        self._memory = MemoryServer() if url is None else None
-        self._clients: list[redis.asyncio.Redis] = []
-        self._sync_clients: list[redis.Redis] = []
-
-    def client(self) -> redis.asyncio.Redis:
-        """A new asyncio client on this backend."""
-        client = (
-            self._memory.client() if self._memory else redis.asyncio.Redis.from_url(self.url or "")
-        )
-        self._clients.append(client)
-        return client
-
-    def sync_client(self) -> redis.Redis:
-        """A new sync client on this backend."""
-        if self._memory:
-            client = self._memory.sync_client()
-        else:
-            client = redis.Redis.from_url(self.url or "")
-        self._sync_clients.append(client)
-        return client
-
-    def subsystem(self, name: str, *, partitions: int = 1) -> Subsystem:
-        """A subsystem on this backend, with both an async and a sync client."""
-        return Subsystem(
-            name, self.client(), partitions=partitions, sync_client=self.sync_client()
-        )
-
-    def close(self) -> None:
-        for client in self._clients:
-            self._run(client.aclose())
-        for sync in self._sync_clients:
-            sync.close()
 
 
 @pytest.fixture(params=["real", "memory"])

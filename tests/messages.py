@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain import Aggregate, Event, Operation, message
+from streamcqrs.domain import Aggregate, Event, Operation, message
 
 
 @message("test.Ping")

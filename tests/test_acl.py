@@ -24,19 +24,28 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoPermissionError, ResponseError
 
-from domain.errors import PermissionDenied, StreamError
-from domain.registry import registry
-from handlers import App, Context
-from handlers import acl as app_acl
-from streams import Batch, Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl, encode
-from streams.aggregates import AggregateStore
-from streams.deadletter import read_dead_letters_sync
-from streams.delayed import Delayed
-from streams.envelope import Entry, as_str, parse
-from streams.handling import Claim, HandlingStore, Status
-from streams.stream import build_put
-from tests.conftest import Backend
+from streamcqrs.domain.errors import PermissionDenied, StreamError
+from streamcqrs.domain.registry import registry
+from streamcqrs.handlers import App, Context
+from streamcqrs.handlers import acl as app_acl
+from streamcqrs.streams import (
+    Batch,
+    Kind,
+    OnExisting,
+    Settings,
+    Subsystem,
+    SubsystemKeys,
+    acl,
+    encode,
+)
+from streamcqrs.streams.aggregates import AggregateStore
+from streamcqrs.streams.deadletter import read_dead_letters_sync
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import Entry, as_str, parse
+from streamcqrs.streams.handling import Claim, HandlingStore, Status
+from streamcqrs.streams.stream import build_put
 from tests.messages import Account, Deposited, Opened, Ping
+from tests.support import Backend
 
 APP = App("acltest")
 APP.subsystem("billing", partitions=2)
@@ -490,7 +499,7 @@ def test_bot_claims_and_recognises_a_replayed_claim_as_its_user(
 ) -> None:
     """The bot user may claim records, including the replay check claim.lua makes (LINDEX)."""
     store = HandlingStore(users.aio(BOT), ORDERS, CO, "place")
-    monkeypatch.setattr("streams.handling.now_ms", lambda: 1_700_000_000_000)
+    monkeypatch.setattr("streamcqrs.streams.handling.now_ms", lambda: 1_700_000_000_000)
 
     async def scenario() -> tuple[Any, Any]:
         first = await store.claim([("m-1", "o-1")], actor="worker")
@@ -571,7 +580,7 @@ def test_a_real_bot_process_runs_as_its_acl_user(
     env |= {"REDIS_USERNAME": BOT, "REDIS_PASSWORD": PASSWORD}
     log = tmp_path / "bot.log"
     args = [
-        sys.executable, "-m", "bots", "run", "tests.test_acl:APP", "--url", users.url,
+        sys.executable, "-m", "streamcqrs.bots", "run", "tests.test_acl:APP", "--url", users.url,
         "--max-attempts", "1", "--block-ms", "100", "--log-level", "debug", "--grace", "5",
     ]  # fmt: skip
     orders = Subsystem("orders", users.aio(CLIENT)).writer("client-ops")

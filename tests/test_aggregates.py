@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from domain import Aggregate, ConcurrencyConflict, DuplicateRecord, Event, TypeRegistry, message
-from streams import Kind, Subsystem
-from tests.conftest import Backend, Run
+from streamcqrs.domain import (
+    Aggregate,
+    ConcurrencyConflict,
+    DuplicateRecord,
+    Event,
+    TypeRegistry,
+    message,
+)
+from streamcqrs.streams import Kind, Subsystem
 from tests.messages import Account, Deposited, Opened
+from tests.support import Backend, Run
 
 
 async def _raw_state(client: redis.asyncio.Redis, sub: Subsystem, aggregate_id: str) -> Any:

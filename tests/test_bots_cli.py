@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import redis
 
-from streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 from tests.botapps import ROOT, SUBSYSTEM, BotProcess, Do, Doomed, ns_of, put_many, wait_until
-from tests.conftest import Backend
+from tests.support import Backend
 
 PART = SubsystemKeys(SUBSYSTEM).partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)
@@ -26,7 +26,7 @@ def bots_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m bots ARGS`` to completion (bounded) and capture its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     return subprocess.run(
-        [sys.executable, "-m", "bots", *args],
+        [sys.executable, "-m", "streamcqrs.bots", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 

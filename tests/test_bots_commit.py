@@ -13,13 +13,13 @@ import msgpack
 import pytest
 import redis
 
-from domain.errors import ConcurrencyConflict
-from streams.commit import Batch, NotOwner, run_many
-from streams.envelope import as_str, encode, entries
-from streams.keys import Kind, SubsystemKeys
-from streams.scripts import script
-from tests.conftest import Backend
+from streamcqrs.domain.errors import ConcurrencyConflict
+from streamcqrs.streams.commit import Batch, NotOwner, run_many
+from streamcqrs.streams.envelope import as_str, encode, entries
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.scripts import script
 from tests.messages import Opened, Ping
+from tests.support import Backend
 
 PART = SubsystemKeys("owned").partition(0)
 OTHER = SubsystemKeys("elsewhere").partition(0)

@@ -13,15 +13,15 @@ from typing import Any
 
 import redis
 
-from bots.delayed import Mover
-from bots.logging import get_logger
-from streams.commit import Batch
-from streams.delayed import Delayed
-from streams.envelope import decode, encode, entries, now_ms, parse
-from streams.keys import Kind, SubsystemKeys
-from streams.subsystem import Subsystem
+from streamcqrs.bots.delayed import Mover
+from streamcqrs.bots.logging import get_logger
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import decode, encode, entries, now_ms, parse
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.subsystem import Subsystem
 from tests.botapps import SUBSYSTEM, BotProcess, Later, ns_of, wait_until
-from tests.conftest import Backend
+from tests.support import Backend
 
 PART = SubsystemKeys(SUBSYSTEM).partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)

@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 
-from streams.deadletter import read_dead_letters_sync
-from streams.envelope import as_str, encode, entries
-from streams.handling import HandlingStore, Status
-from streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.deadletter import read_dead_letters_sync
+from streamcqrs.streams.envelope import as_str, encode, entries
+from streamcqrs.streams.handling import HandlingStore, Status
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 from tests.botapps import (
     SUBSYSTEM,
     BotProcess,
@@ -27,7 +27,7 @@ from tests.botapps import (
     put_many,
     wait_until,
 )
-from tests.conftest import Backend
+from tests.support import Backend
 
 KEYS = SubsystemKeys(SUBSYSTEM)
 PART = KEYS.partition(0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import redis
 
-from streams.deadletter import read_dead_letters_sync
-from streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.deadletter import read_dead_letters_sync
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 from tests.botapps import SUBSYSTEM, BotProcess, Crash, Do, Slow, ns_of, put_many, wait_until
-from tests.conftest import Backend
+from tests.support import Backend
 
 PART = SubsystemKeys(SUBSYSTEM).partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from domain.errors import ServerUnavailable
-from streams.keys import Kind, SubsystemKeys
-from streams.server import LocalServer
+from streamcqrs.domain.errors import ServerUnavailable
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.server import LocalServer
 from tests.botapps import SUBSYSTEM, BotProcess, Do, ns_of, put_many, wait_until
 
 PART = SubsystemKeys(SUBSYSTEM).partition(0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 
-from bots.bot import Bot
-from bots.config import BotConfig
-from bots.source import ATTEMPT_FIELD, CONCERN_FIELD, Verdict, sources
-from bots.supervisor import load_app
-from bots.wire import _pack_command
-from domain.errors import ConfigurationError
-from streams.envelope import encode
+from streamcqrs.bots.bot import Bot
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.source import ATTEMPT_FIELD, CONCERN_FIELD, Verdict, sources
+from streamcqrs.bots.supervisor import load_app
+from streamcqrs.bots.wire import _pack_command
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.streams.envelope import encode
 from tests.botapps import Do, Done, app
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis.exceptions
 
-from streams import Settings
-from tests.conftest import Backend, Run
+from streamcqrs.streams import Settings
+from tests.support import Backend, Run
 
 USER, PASSWORD = "settings-test", "s3cret-for-tests"
 

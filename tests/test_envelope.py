@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain import DecodeError, EncodeError, TypeRegistry
-from streams import Batch, Envelope, Kind, decode, encode, parse, to_record
-from streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
-from tests.conftest import Backend, Run
+from streamcqrs.domain import DecodeError, EncodeError, TypeRegistry
+from streamcqrs.streams import Batch, Envelope, Kind, decode, encode, parse, to_record
+from streamcqrs.streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
 from tests.messages import Ping
+from tests.support import Backend, Run
 
 STREAM = "{env.0}:client-ops"
 

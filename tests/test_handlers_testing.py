@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from domain import ConcurrencyConflict, HandlerError, Operation, message
 from examples.notification.app import app as notification_app
 from examples.notification.messages import NotificationRequested, SendEmail, SendNotification
-from handlers import App, Context, Retry
-from handlers.testing import HandlerTest
-from tests.conftest import Run
+from streamcqrs.domain import ConcurrencyConflict, HandlerError, Operation, message
+from streamcqrs.handlers import App, Context, Retry
+from streamcqrs.handlers.testing import HandlerTest
 from tests.messages import Account, Deposited, Opened
+from tests.support import Run
 
 
 @message("test.OpenAccount")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from domain.errors import ConfigurationError, InvalidTransition
-from streams import Batch, Kind, Subsystem
-from streams.envelope import as_str
-from streams.handling import (
+from streamcqrs.domain.errors import ConfigurationError, InvalidTransition
+from streamcqrs.streams import Batch, Kind, Subsystem
+from streamcqrs.streams.envelope import as_str
+from streamcqrs.streams.handling import (
     CLAIMABLE,
     TRANSITIONS,
     Action,
@@ -24,8 +24,8 @@ from streams.handling import (
     Status,
     transition,
 )
-from tests.conftest import Backend, Run
 from tests.messages import Ping
+from tests.support import Backend, Run
 
 OPS = Kind.CLIENT_OPERATIONS
 
@@ -197,7 +197,7 @@ def test_a_replayed_claim_call_is_claimed_again_not_skipped(
     and a record twice in one call is claimed once.
     """
     store = _store(backend.subsystem("mail"))
-    monkeypatch.setattr("streams.handling.now_ms", lambda: 1_700_000_000_000)
+    monkeypatch.setattr("streamcqrs.streams.handling.now_ms", lambda: 1_700_000_000_000)
 
     async def scenario() -> None:
         first = await store.claim([("m1", "")], actor="bot-1")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from streams import Kind
-from streams.handling import Action, HandlingStore, Status
-from tests.conftest import Backend, Run
+from streamcqrs.streams import Kind
+from streamcqrs.streams.handling import Action, HandlingStore, Status
 from tests.messages import Ping
+from tests.support import Backend, Run
 
 RECORDS = 1000
 PARTITIONS = 2
@@ -31,8 +31,8 @@ RACER = """
 import asyncio, json, random, sys, time
 import redis, redis.asyncio
 import tests.messages  # registers test.Ping for decoding
-from streams import Kind, SubsystemKeys
-from streams.handling import Claim, HandlingStore
+from streamcqrs.streams import Kind, SubsystemKeys
+from streamcqrs.streams.handling import Claim, HandlingStore
 
 url, group, consumer, partitions, records = sys.argv[1:6]
 

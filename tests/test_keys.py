@@ -14,9 +14,9 @@ import sys
 import pytest
 from redis.crc import key_slot
 
-from domain import ConfigurationError
-from streams import Kind, PartitionKeys, Subsystem, SubsystemKeys, partition_of
-from tests.conftest import Backend
+from streamcqrs.domain import ConfigurationError
+from streamcqrs.streams import Kind, PartitionKeys, Subsystem, SubsystemKeys, partition_of
+from tests.support import Backend
 
 KEYS = ["order-1", "order-2", "123456789", "user:42", "héllo", "", "x" * 300]
 

@@ -21,9 +21,16 @@ for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         continue  # an entry point: importing it runs the program
     importlib.import_module(found.name)
     names.append(found.name)
-loaded = sorted({name.split(".")[0] for name in sys.modules})
+loaded = sorted({
+    ".".join(name.split(".")[:2]) if name.startswith("streamcqrs.") else name.split(".")[0]
+    for name in sys.modules
+})
 print(json.dumps({"imported": names, "loaded": loaded}))
 """
+
+
+def _layers(*names: str) -> set[str]:
+    return {f"streamcqrs.{name}" for name in names}
 
 
 def _import_all(package: str) -> dict[str, list[str]]:
@@ -43,9 +50,9 @@ def _import_all(package: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize(
     ("package", "above"),
     [
-        ("domain", {"redis", "streams", "handlers", "bots", "examples"}),
-        ("streams", {"handlers", "bots", "examples"}),
-        ("handlers", {"bots", "examples"}),
+        ("streamcqrs.domain", {"redis", *_layers("streams", "handlers", "bots"), "examples"}),
+        ("streamcqrs.streams", {*_layers("handlers", "bots"), "examples"}),
+        ("streamcqrs.handlers", {*_layers("bots"), "examples"}),
     ],
 )
 def test_a_layer_never_imports_the_layers_above_it(package: str, above: set[str]) -> None:
@@ -57,15 +64,15 @@ def test_a_layer_never_imports_the_layers_above_it(package: str, above: set[str]
 
 def test_domain_imports_every_one_of_its_modules() -> None:
     """The probe really walks the package: domain's modules are all among those imported."""
-    found = _import_all("domain")
+    found = _import_all("streamcqrs.domain")
 
-    expected = {"domain", "domain.aggregate", "domain.errors", "domain.messages",
-                "domain.registry", "domain.ids"}  # fmt: skip
+    expected = {f"streamcqrs.domain{name}" for name in
+                ("", ".aggregate", ".errors", ".messages", ".registry", ".ids")}  # fmt: skip
     assert expected <= set(found["imported"])
 
 
 def test_the_probe_sees_imports_that_do_happen() -> None:
     """The same probe reports the layers a package does use, so an empty report means something."""
-    found = _import_all("handlers")
+    found = _import_all("streamcqrs.handlers")
 
-    assert {"domain", "streams", "redis"} <= set(found["loaded"])
+    assert {"streamcqrs.domain", "streamcqrs.streams", "redis"} <= set(found["loaded"])

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from examples.notification.api import create_api
 from examples.notification.client import idempotency_object_id
 from examples.notification.messages import SendNotification
-from streams import Record, Subsystem
+from streamcqrs.streams import Record, Subsystem
 
 
 @pytest.fixture

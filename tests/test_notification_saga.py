@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from domain import ConcurrencyConflict, Event, Message, new_message_id
 from examples.notification import config, delivery, notify, saga
 from examples.notification.aggregates import Notification
 from examples.notification.app import app
@@ -39,9 +38,10 @@ from examples.notification.messages import (
     SlackMessageSent,
 )
 from examples.notification.saga import NotificationSaga, saga_id
-from handlers import Context, PutOutput, Retry
-from streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
-from tests.conftest import Backend, Run
+from streamcqrs.domain import ConcurrencyConflict, Event, Message, new_message_id
+from streamcqrs.handlers import Context, PutOutput, Retry
+from streamcqrs.streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
+from tests.support import Backend, Run
 
 ARRIVALS = ("start", "email", "slack", "deadline")
 

@@ -24,7 +24,6 @@ import pytest
 import redis
 import redis.asyncio
 
-from domain import Event
 from examples.notification.demo import api_server, bot_processes
 from examples.notification.messages import (
     TERMINAL_EVENTS,
@@ -33,7 +32,8 @@ from examples.notification.messages import (
     SlackMessageFailed,
 )
 from examples.notification.receivers import SlackStandIn, SmtpReceiver
-from streams import LocalServer, Record, Subsystem
+from streamcqrs.domain import Event
+from streamcqrs.streams import LocalServer, Record, Subsystem
 
 TEAM = "team@example.com"
 DIRECTORY = {

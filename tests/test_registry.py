@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from domain import Event, Operation, RegistryError, TypeRegistry, UnknownMessageType, message
+from streamcqrs.domain import (
+    Event,
+    Operation,
+    RegistryError,
+    TypeRegistry,
+    UnknownMessageType,
+    message,
+)
 
 
 class Renamed(Event):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from domain import RoleError, StreamError
-from tests.conftest import Backend, Run
+from streamcqrs.domain import RoleError, StreamError
 from tests.messages import Ping
+from tests.support import Backend, Run
 
 READS = ["read", "latest", "latest_raw", "by_tag", "subscribe", "length"]
 WRITES = ["put", "put_view", "next_id"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from domain import ServerUnavailable
-from streams import LocalServer, find_server_binary, resolve_url
-from streams import server as server_module
-from streams.server import INSTALL_HINT
+from streamcqrs.domain import ServerUnavailable
+from streamcqrs.streams import LocalServer, find_server_binary, resolve_url
+from streamcqrs.streams import server as server_module
+from streamcqrs.streams.server import INSTALL_HINT
 
 
 @pytest.fixture

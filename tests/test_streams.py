@@ -18,11 +18,18 @@ import redis.asyncio
 from redis.crc import key_slot
 from redis.typing import EncodableT, FieldT
 
-from domain import ConfigurationError, DuplicateRecord, Message, message
-from streams import Kind, OnExisting, Record, Subsystem, SyncWriteOnlyStream, partition_of
-from streams.envelope import JSON, encode, entries
-from tests.conftest import Backend, Run
+from streamcqrs.domain import ConfigurationError, DuplicateRecord, Message, message
+from streamcqrs.streams import (
+    Kind,
+    OnExisting,
+    Record,
+    Subsystem,
+    SyncWriteOnlyStream,
+    partition_of,
+)
+from streamcqrs.streams.envelope import JSON, encode, entries
 from tests.messages import Account, Opened, Ping
+from tests.support import Backend, Run
 
 
 @message("test.StreamsView")

@@ -19,12 +19,12 @@ from typing import Any, cast
 import pytest
 import redis
 
-from handlers import App, Context
-from streams import Kind, Subsystem, SubsystemKeys, find_server_binary
-from streams.cli import build_parser
-from streams.envelope import as_str
-from tests.conftest import Backend
+from streamcqrs.handlers import App, Context
+from streamcqrs.streams import Kind, Subsystem, SubsystemKeys, find_server_binary
+from streamcqrs.streams.cli import build_parser
+from streamcqrs.streams.envelope import as_str
 from tests.messages import Account, Deposited, Ping
+from tests.support import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -37,7 +37,7 @@ def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
     if url is not None:
         env["REDIS_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
+        [sys.executable, "-m", "streamcqrs.streams", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -138,8 +138,8 @@ def test_tail_follow_prints_new_records_until_ctrl_c(
     put_pings(run, shop, 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams", "tail", "shop/client-ops", "-n", "1", "--follow",
-         "--json", "--partitions", "3", "--url", real.url or ""],
+        [sys.executable, "-m", "streamcqrs.streams", "tail", "shop/client-ops", "-n", "1",
+         "--follow", "--json", "--partitions", "3", "--url", real.url or ""],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines = _reader(proc)
@@ -340,8 +340,8 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         env |= {"REDIS_USERNAME": "reader", "REDIS_PASSWORD": "pw"}
-        args = [sys.executable, "-m", "streams", "replay", "shop/client-ops", "--since", "0",
-                "--to", "shop/internal-ops", "--url", real.url or ""]  # fmt: skip
+        args = [sys.executable, "-m", "streamcqrs.streams", "replay", "shop/client-ops",
+                "--since", "0", "--to", "shop/internal-ops", "--url", real.url or ""]  # fmt: skip
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=TIMEOUT, check=False)  # fmt: skip
         tail = subprocess.run([*args[:3], "tail", "shop/client-ops", "--url", real.url or ""],
@@ -388,7 +388,7 @@ def bot(real: Backend, tmp_path: Path) -> Iterator[Path]:
     log = tmp_path / "bot.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     args = [
-        sys.executable, "-m", "bots", "run", "tests.test_streams_cli:CLI_APP",
+        sys.executable, "-m", "streamcqrs.bots", "run", "tests.test_streams_cli:CLI_APP",
         "--url", real.url or "", "--max-attempts", "1", "--block-ms", "100",
         "--mover-interval", "0.05",
     ]  # fmt: skip

@@ -13,8 +13,8 @@ import asyncio
 import os
 import sys
 
-from domain import StreamCQRSError
-from streams import Settings, Subsystem
+from streamcqrs.domain import StreamCQRSError
+from streamcqrs.streams import Settings, Subsystem
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,7 +12,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from domain import Aggregate, Event
 from examples.notification.messages import (
     Channel,
     EmailFailed,
@@ -25,6 +24,7 @@ from examples.notification.messages import (
     SlackMessageFailed,
     SlackMessageSent,
 )
+from streamcqrs.domain import Aggregate, Event
 
 Status = Literal["new", "pending", "sent", "failed", "suppressed"]
 

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain import StreamCQRSError
 from examples.notification.app import app as bots_app
 from examples.notification.client import send_notification
-from streams import Settings, Subsystem
+from streamcqrs.domain import StreamCQRSError
+from streamcqrs.streams import Settings, Subsystem
 
 NotificationId = Annotated[
     str, Path(pattern=r"^[0-9]{1,20}$", description="the tracking id POST returned")

@@ -47,7 +47,7 @@ from examples.notification.messages import (
     SlackMessageFailed,
     SlackMessageSent,
 )
-from handlers import App
+from streamcqrs.handlers import App
 
 app = App("notification")
 """The app ``python -m bots run examples.notification.app:app`` runs."""

@@ -14,9 +14,9 @@ needs read access to ``notification/client-ops`` besides put.)
 
 from __future__ import annotations
 
-from domain import StreamError
 from examples.notification.messages import SendNotification
-from streams import OnExisting, Subsystem
+from streamcqrs.domain import StreamError
+from streamcqrs.streams import OnExisting, Subsystem
 
 CLIENT_OPS = "client-ops"
 

@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from domain import ConfigurationError
 from examples.notification.directory import Directory, load_directory
+from streamcqrs.domain import ConfigurationError
 
 TlsMode = Literal["none", "starttls", "ssl"]
 PREFIX = "NOTIFICATION_"

@@ -13,7 +13,6 @@ once, with the error.
 
 from __future__ import annotations
 
-from domain import Event
 from examples.notification import config
 from examples.notification.aggregates import Delivery
 from examples.notification.messages import (
@@ -25,8 +24,9 @@ from examples.notification.messages import (
     SlackMessageSent,
 )
 from examples.notification.senders import SendFailure, email_sender, slack_sender
-from handlers import Context, Retry
-from streams import now_ms
+from streamcqrs.domain import Event
+from streamcqrs.handlers import Context, Retry
+from streamcqrs.streams import now_ms
 
 
 def _give_up_or_retry(failure: SendFailure, ctx: Context) -> str:

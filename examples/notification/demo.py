@@ -34,7 +34,7 @@ import uvicorn
 
 from examples.notification.api import create_api
 from examples.notification.receivers import SlackStandIn, SmtpReceiver
-from streams import LocalServer
+from streamcqrs.streams import LocalServer
 
 APP = "examples.notification.app:app"
 SUBSYSTEMS = ("notification", "email", "slack")
@@ -69,7 +69,7 @@ def say(text: str = "") -> None:
 def bot_command(subsystem: str, grace: float) -> list[str]:
     """The command line of one subsystem's bots."""
     return [
-        sys.executable, "-m", "bots", "run", APP, "--only", subsystem,
+        sys.executable, "-m", "streamcqrs.bots", "run", APP, "--only", subsystem,
         "--grace", str(grace), "--log-level", "warning", "--log-format", "json",
     ]  # fmt: skip
 

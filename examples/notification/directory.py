@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain import ConfigurationError
 from examples.notification.messages import Channel
+from streamcqrs.domain import ConfigurationError
 
 Preference = Literal["email", "slack", "both", "none"]
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from domain import Event, Operation, message
+from streamcqrs.domain import Event, Operation, message
 
 Channel = Literal["email", "slack"]
 Purpose = Literal["notification", "failure-report"]

@@ -29,8 +29,8 @@ from examples.notification.messages import (
     SendNotification,
     SendSlackMessage,
 )
-from handlers import Context
-from streams import now_ms
+from streamcqrs.handlers import Context
+from streamcqrs.streams import now_ms
 
 
 def email_delivery_id(notification_id: str) -> str:

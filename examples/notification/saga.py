@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain import Aggregate, Event
 from examples.notification.aggregates import Notification, audit_tags
 from examples.notification.messages import (
     AwaitDeliveries,
@@ -38,8 +37,9 @@ from examples.notification.messages import (
     SlackMessageFailed,
     SlackMessageSent,
 )
-from handlers import Context
-from streams import now_ms
+from streamcqrs.domain import Aggregate, Event
+from streamcqrs.handlers import Context
+from streamcqrs.streams import now_ms
 
 Decision = NotificationSent | NotificationFailed
 HOME = "notification"

@@ -19,12 +19,12 @@ import orjson
 import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
-from domain import Aggregate, Event
 from examples.notification import config
 from examples.notification.aggregates import Notification
 from examples.notification.saga import NotificationSaga, saga_id
-from handlers import Context
-from streams import AggregateStore, Subsystem
+from streamcqrs.domain import Aggregate, Event
+from streamcqrs.handlers import Context
+from streamcqrs.streams import AggregateStore, Subsystem
 
 VIEWS = "notification/views"
 VIEW_TYPE = "notification.NotificationView"

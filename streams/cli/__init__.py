@@ -22,9 +22,9 @@ from typing import TextIO
 
 import redis.exceptions
 
-from domain.errors import StreamCQRSError
-from streams.cli import _acl, _deadletters, _failed, _records
-from streams.cli._common import add_connection_options, fail
+from streamcqrs.domain.errors import StreamCQRSError
+from streamcqrs.streams.cli import _acl, _deadletters, _failed, _records
+from streamcqrs.streams.cli._common import add_connection_options, fail
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ import importlib
 import sys
 from typing import Any, TextIO
 
-from streams import acl
-from streams.cli._common import CommandError, connect, import_module
+from streamcqrs.streams import acl
+from streamcqrs.streams.cli._common import CommandError, connect, import_module
 
 
 def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -68,7 +68,7 @@ def roles_of(app: Any) -> acl.Roles:
     if callable(getattr(app, "acl_roles", None)):
         found = app.acl_roles()
     else:
-        derive = importlib.import_module("handlers.acl").roles
+        derive = importlib.import_module("streamcqrs.handlers.acl").roles
         found = derive(app)
     if not isinstance(found, acl.Roles):
         raise CommandError(f"{app!r} did not give ACL roles (got {type(found).__name__})")

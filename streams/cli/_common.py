@@ -22,11 +22,11 @@ import orjson
 import redis
 import redis.asyncio
 
-from domain.errors import ConfigurationError, DecodeError, StreamCQRSError
-from streams.connection import Settings
-from streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
-from streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
-from streams.subsystem import as_kind
+from streamcqrs.domain.errors import ConfigurationError, DecodeError, StreamCQRSError
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
+from streamcqrs.streams.subsystem import as_kind
 
 MAX_PARTITIONS = 256
 """How far partition detection looks: EXISTS on this many stream keys, in one round trip."""

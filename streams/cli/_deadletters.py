@@ -26,8 +26,8 @@ from typing import Any, TextIO
 
 import redis
 
-from domain.errors import DecodeError
-from streams.cli._common import (
+from streamcqrs.domain.errors import DecodeError
+from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
     describe,
@@ -36,13 +36,13 @@ from streams.cli._common import (
     partitions,
     stream_entries,
 )
-from streams.commit import Batch
-from streams.deadletter import KIND as DEAD
-from streams.deadletter import DeadLetter, decode_dead_letter
-from streams.delayed import Delayed
-from streams.envelope import Envelope, as_str, now_ms, parse
-from streams.handling import CLAIMABLE, Action, HistoryEntry, Status, transition
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.deadletter import KIND as DEAD
+from streamcqrs.streams.deadletter import DeadLetter, decode_dead_letter
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import Envelope, as_str, now_ms, parse
+from streamcqrs.streams.handling import CLAIMABLE, Action, HistoryEntry, Status, transition
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 OPERATOR = "operator"
 """The concern under which the dead-letter stream's own handling (retried, archived) is kept."""

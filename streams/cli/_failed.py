@@ -14,13 +14,20 @@ from typing import Any, TextIO
 
 import redis
 
-from domain.errors import DecodeError
-from streams.cli._common import CommandError, connect, emit, partitions, stream_entries, stream_ref
-from streams.cli._deadletters import Found, actor, dead_letters, mark, put_back
-from streams.commit import Batch
-from streams.envelope import Envelope, as_str, parse
-from streams.handling import Action, HistoryEntry, Status, transition
-from streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.domain.errors import DecodeError
+from streamcqrs.streams.cli._common import (
+    CommandError,
+    connect,
+    emit,
+    partitions,
+    stream_entries,
+    stream_ref,
+)
+from streamcqrs.streams.cli._deadletters import Found, actor, dead_letters, mark, put_back
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import Envelope, as_str, parse
+from streamcqrs.streams.handling import Action, HistoryEntry, Status, transition
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 
 def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:

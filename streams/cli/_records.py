@@ -13,9 +13,9 @@ from typing import Any, TextIO, cast
 
 import redis
 
-from domain.errors import DecodeError
-from domain.ids import new_message_id
-from streams.cli._common import (
+from streamcqrs.domain.errors import DecodeError
+from streamcqrs.domain.ids import new_message_id
+from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
     connect_async,
@@ -29,11 +29,11 @@ from streams.cli._common import (
     stream_entries,
     stream_ref,
 )
-from streams.commit import Batch
-from streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
-from streams.handling import HandlingStore
-from streams.keys import Kind, SubsystemKeys
-from streams.scripts import script
+from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
+from streamcqrs.streams.handling import HandlingStore
+from streamcqrs.streams.keys import Kind, SubsystemKeys
+from streamcqrs.streams.scripts import script
 
 _ENTRY_ID = re.compile(r"^\d+-\d+$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")

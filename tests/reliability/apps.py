@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from domain import Aggregate, Event, Operation, message
-from handlers import App, Context
+from streamcqrs.domain import Aggregate, Event, Operation, message
+from streamcqrs.handlers import App, Context
 
 
 @message("chaos.Do")

@@ -26,7 +26,8 @@ class BotProcess:
 
     def __init__(self, app: str, url: str, *args: str, log: Path | None = None) -> None:
         self.command = [
-            sys.executable, "-m", "bots", "run", app, "--url", url, "--log-level", "warning",
+            sys.executable, "-m", "streamcqrs.bots", "run", app, "--url", url,
+            "--log-level", "warning",
             *args,
         ]  # fmt: skip
         self.log = log

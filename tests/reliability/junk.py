@@ -9,8 +9,8 @@ from __future__ import annotations
 import msgpack
 from hypothesis import strategies as st
 
-from streams import encode
-from streams.envelope import MAX_PAYLOAD_BYTES, pairs
+from streamcqrs.streams import encode
+from streamcqrs.streams.envelope import MAX_PAYLOAD_BYTES, pairs
 from tests.reliability.apps import Do
 
 Fields = dict[bytes, bytes]

@@ -19,12 +19,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from streams import Kind, Subsystem
-from streams.handling import Action, HistoryEntry, Status
-from streams.keys import SubsystemKeys
-from tests.conftest import Backend, Run
+from streamcqrs.streams import Kind, Subsystem
+from streamcqrs.streams.handling import Action, HistoryEntry, Status
+from streamcqrs.streams.keys import SubsystemKeys
 from tests.reliability.apps import Do
 from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
+from tests.support import Backend, Run
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 OPERATIONS = 10_000 if LONG else 2_500

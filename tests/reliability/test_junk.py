@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from streams import Kind
-from streams.deadletter import read_dead_letters_sync
-from streams.keys import SubsystemKeys
-from tests.conftest import Backend
+from streamcqrs.streams import Kind
+from streamcqrs.streams.deadletter import read_dead_letters_sync
+from streamcqrs.streams.keys import SubsystemKeys
 from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
 from tests.reliability.junk import Junk, huge_payload, junk, valid_fields
+from tests.support import Backend
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 JUNK = 50_000 if LONG else 10_000

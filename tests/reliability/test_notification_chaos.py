@@ -23,9 +23,9 @@ import redis.asyncio
 
 from examples.notification.bench_support import FAKE_SENDERS_ENV
 from examples.notification.client import send_notification
-from streams import Kind, Subsystem, SubsystemKeys
-from tests.conftest import Backend
+from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
 from tests.reliability.bots import BotProcess, pending, stop_all, wait_until
+from tests.support import Backend
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 NOTIFICATIONS = 2_000 if LONG else 300

@@ -17,10 +17,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from domain.errors import StreamCQRSError
-from streams import Kind, LocalServer, Subsystem
-from streams.connection import Settings
-from streams.keys import SubsystemKeys
+from streamcqrs.domain.errors import StreamCQRSError
+from streamcqrs.streams import Kind, LocalServer, Subsystem
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.keys import SubsystemKeys
 from tests.reliability.apps import Do
 from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
 

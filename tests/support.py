@@ -1,0 +1,59 @@
+"""What tests share: the contract backends (a real server or the in-memory mode) and ``Run``.
+
+The fixtures that hand them out live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from streamcqrs.streams import Subsystem
+from streamcqrs.streams.testing import MemoryServer
+
+T = TypeVar("T")
+Run = Callable[[Coroutine[Any, Any, T]], T]
+
+
+class Backend:
+    """Where a contract test's data lives: a real server or the in-memory mode."""
+
+    def __init__(self, name: str, url: str | None, run: Run[Any]) -> None:
+        self.name = name
+        self.url = url
+        self._run = run
+        self._memory = MemoryServer() if url is None else None
+        self._clients: list[redis.asyncio.Redis] = []
+        self._sync_clients: list[redis.Redis] = []
+
+    def client(self) -> redis.asyncio.Redis:
+        """A new asyncio client on this backend."""
+        client = (
+            self._memory.client() if self._memory else redis.asyncio.Redis.from_url(self.url or "")
+        )
+        self._clients.append(client)
+        return client
+
+    def sync_client(self) -> redis.Redis:
+        """A new sync client on this backend."""
+        if self._memory:
+            client = self._memory.sync_client()
+        else:
+            client = redis.Redis.from_url(self.url or "")
+        self._sync_clients.append(client)
+        return client
+
+    def subsystem(self, name: str, *, partitions: int = 1) -> Subsystem:
+        """A subsystem on this backend, with both an async and a sync client."""
+        return Subsystem(
+            name, self.client(), partitions=partitions, sync_client=self.sync_client()
+        )
+
+    def close(self) -> None:
+        for client in self._clients:
+            self._run(client.aclose())
+        for sync in self._sync_clients:
+            sync.close()
