@@ -69,6 +69,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from streamcqrs.domain import Aggregate, Event, Message, Operation, StreamCQRSError, message
+    from streamcqrs.domain import Aggregate, Event, Message, Operation, message
+    from streamcqrs.domain.errors import StreamCQRSError
     from streamcqrs.handlers import App, Context, Fail, NotYet, Retry
     from streamcqrs.streams import OnExisting, Settings, Subsystem

@@ -38,9 +38,9 @@ from streamcqrs.bots.tracking import Tracker
 from streamcqrs.bots.wire import fast_packing
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers.registry import App
-from streamcqrs.streams.commit import NotOwner
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import Entry, as_str
+from streamcqrs.streams.errors import NotOwner
 from streamcqrs.streams.handling import Claim
 from streamcqrs.streams.keys import SubsystemKeys
 

@@ -21,9 +21,10 @@ import redis.asyncio
 import redis.exceptions
 
 from streamcqrs.bots.source import ATTEMPT_FIELD, CONCERN_FIELD
-from streamcqrs.streams.commit import Batch, Gone, run_many
+from streamcqrs.streams.commit import Batch, run_many
 from streamcqrs.streams.deadletter import add_dead_letter, dead_letter
 from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.errors import Gone
 from streamcqrs.streams.keys import Kind, PartitionKeys
 
 PER_ROUND = 200

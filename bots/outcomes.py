@@ -28,9 +28,9 @@ import redis.asyncio
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.source import Delivery, Verdict
 from streamcqrs.bots.tracking import Outcome, Tracker
-from streamcqrs.domain.errors import ConcurrencyConflict, HandlerError
+from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers.context import Context
-from streamcqrs.handlers.control import NotYet, Retry
+from streamcqrs.handlers.errors import HandlerError, NotYet, Retry
 from streamcqrs.streams.commit import Batch, OnExisting
 from streamcqrs.streams.deadletter import add_dead_letter, dead_letter
 from streamcqrs.streams.delayed import Delayed

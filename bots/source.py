@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from streamcqrs.domain.errors import DecodeError, UnknownMessageType
+from streamcqrs.domain.errors import UnknownMessageType
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 from streamcqrs.streams.envelope import Envelope, decode, parse
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import PartitionKeys, SubsystemKeys
 
 ATTEMPT_FIELD = b"att"

@@ -1,4 +1,9 @@
-"""Every error the framework raises, under one root, each saying what to do next."""
+"""The root of every error streamcqrs raises, and the errors of the domain layer.
+
+Each layer keeps its own errors beside its code (``streamcqrs.streams.errors``,
+``streamcqrs.handlers.errors``), all under ``StreamCQRSError``; every message says what to do
+next.
+"""
 
 from __future__ import annotations
 
@@ -29,45 +34,7 @@ class UnknownMessageType(RegistryError):
         self.type_name = type_name
 
 
-class StreamError(StreamCQRSError):
-    """A stream operation could not be done."""
-
-
-class ServerUnavailable(StreamError):
-    """No Redis-protocol server could be reached or started."""
-
-
-class RoleError(StreamError):
-    """A stream object was asked to do something its role does not allow."""
-
-
-class PermissionDenied(RoleError):
-    """The server refused a command for the connection's ACL user (NOPERM).
-
-    The user lacks a grant this call needs; ``python -m streams acl MODULE:APP`` prints the
-    grants each role gets from the handler declarations.
-    """
-
-
-class DecodeError(StreamError):
-    """A stored entry could not be turned back into a message."""
-
-    def __init__(self, stream: str, entry_id: str, reason: str) -> None:
-        super().__init__(f"cannot decode entry {entry_id} of stream {stream!r}: {reason}")
-        self.stream = stream
-        self.entry_id = entry_id
-        self.reason = reason
-
-
-class EncodeError(StreamError):
-    """A message could not be packed for storage (say, an int beyond 64 bits)."""
-
-
-class DuplicateRecord(StreamError):
-    """A put with ``OnExisting.RAISE`` found a record with the same object id."""
-
-
-class ConcurrencyConflict(StreamError):
+class ConcurrencyConflict(StreamCQRSError):
     """An aggregate changed since it was loaded: reload it and decide again."""
 
     def __init__(self, aggregate_id: str, expected: int, actual: int) -> None:
@@ -80,42 +47,10 @@ class ConcurrencyConflict(StreamError):
         self.actual = actual
 
 
-class HandlingError(StreamError):
-    """A handling-status change is not allowed from the record's current status."""
-
-
-class InvalidTransition(HandlingError):
-    """The requested status change is not in Naos's transition table."""
-
-    def __init__(self, record: str, concern: str, current: str, action: str) -> None:
-        super().__init__(
-            f"cannot {action} record {record!r} for concern {concern!r}: its status is {current}; "
-            "see streams.handling.TRANSITIONS for what is allowed from there"
-        )
-        self.record = record
-        self.concern = concern
-        self.current = current
-        self.action = action
-
-
-class HandlerError(StreamCQRSError):
-    """A handler is declared wrongly, or used a stream it did not declare."""
-
-
 __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
-    "DecodeError",
-    "DuplicateRecord",
-    "EncodeError",
-    "HandlerError",
-    "HandlingError",
-    "InvalidTransition",
-    "PermissionDenied",
     "RegistryError",
-    "RoleError",
-    "ServerUnavailable",
     "StreamCQRSError",
-    "StreamError",
     "UnknownMessageType",
 ]

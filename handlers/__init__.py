@@ -1,7 +1,7 @@
 """What user code plugs into: handler declarations, the handler context, control flow."""
 
 from streamcqrs.handlers.context import AppendOutput, Context, Output, PutOutput
-from streamcqrs.handlers.control import Fail, NotYet, Retry
+from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "AppendOutput",
     "Context",
     "Fail",
+    "HandlerError",
     "HandlerSpec",
     "NotYet",
     "Output",

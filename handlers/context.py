@@ -18,9 +18,9 @@ import redis.asyncio
 import structlog
 
 from streamcqrs.domain.aggregate import Aggregate
-from streamcqrs.domain.errors import HandlerError
 from streamcqrs.domain.messages import Event, Message
 from streamcqrs.domain.registry import TypeRegistry
+from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import HandlerSpec, StreamRef
 from streamcqrs.streams.aggregates import AggregateStore
 from streamcqrs.streams.commit import Batch, OnExisting

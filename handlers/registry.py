@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from streamcqrs.domain.errors import HandlerError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.streams.keys import Kind, check_concern
 from streamcqrs.streams.subsystem import as_kind
 

@@ -23,9 +23,9 @@ from typing import Any, TypeVar, cast
 import redis.asyncio
 
 from streamcqrs.domain.aggregate import Aggregate
-from streamcqrs.domain.errors import HandlerError
 from streamcqrs.domain.messages import Event, Message
 from streamcqrs.handlers.context import AppendOutput, Context, PutOutput
+from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 from streamcqrs.streams.commit import Batch
 from streamcqrs.streams.envelope import JSON, as_tags, decode, encode

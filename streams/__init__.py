@@ -2,10 +2,23 @@
 versioned aggregates, the handling store, Lua scripts and the server to run them on."""
 
 from streamcqrs.streams.aggregates import AggregateStore, AppendResult
-from streamcqrs.streams.commit import Batch, Gone, OnExisting
+from streamcqrs.streams.commit import Batch, OnExisting
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.deadletter import DeadLetter, read_dead_letters
 from streamcqrs.streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
+from streamcqrs.streams.errors import (
+    DecodeError,
+    DuplicateRecord,
+    EncodeError,
+    Gone,
+    HandlingError,
+    InvalidTransition,
+    NotOwner,
+    PermissionDenied,
+    RoleError,
+    ServerUnavailable,
+    StreamError,
+)
 from streamcqrs.streams.handling import (
     Action,
     Claim,
@@ -32,19 +45,29 @@ __all__ = [
     "Claim",
     "Composite",
     "DeadLetter",
+    "DecodeError",
+    "DuplicateRecord",
+    "EncodeError",
     "Envelope",
     "Gone",
+    "HandlingError",
     "HandlingStore",
     "HistoryEntry",
+    "InvalidTransition",
     "Kind",
     "LocalServer",
+    "NotOwner",
     "OnExisting",
     "PartitionKeys",
+    "PermissionDenied",
     "PutResult",
     "ReadOnlyStream",
     "Record",
+    "RoleError",
+    "ServerUnavailable",
     "Settings",
     "Status",
+    "StreamError",
     "Subsystem",
     "SubsystemKeys",
     "SyncWriteOnlyStream",

@@ -18,7 +18,6 @@ import redis.asyncio
 from pydantic import ValidationError
 
 from streamcqrs.domain.aggregate import Aggregate
-from streamcqrs.domain.errors import DecodeError
 from streamcqrs.domain.messages import Event
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams.commit import Batch, OnExisting
@@ -34,6 +33,7 @@ from streamcqrs.streams.envelope import (
     script_entry,
     to_record,
 )
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script
 

@@ -25,15 +25,16 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError, ResponseError
 
-from streamcqrs.domain.errors import (
-    ConcurrencyConflict,
-    ConfigurationError,
+from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
+from streamcqrs.streams.envelope import Envelope
+from streamcqrs.streams.errors import (
     DuplicateRecord,
+    Gone,
     InvalidTransition,
+    NotOwner,
     PermissionDenied,
     StreamError,
 )
-from streamcqrs.streams.envelope import Envelope
 from streamcqrs.streams.keys import Kind, PartitionKeys
 from streamcqrs.streams.scripts import script
 
@@ -42,27 +43,6 @@ try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]; work without it
     _pack = None
-
-
-class Gone(StreamError):
-    """A batch tried to take a delayed entry that another writer already took."""
-
-
-class NotOwner(StreamError):
-    """A commit's input is no longer pending on the committing consumer.
-
-    Another bot took the entry over (XAUTOCLAIM after the visibility timeout) and will
-    commit it itself; this commit wrote nothing, so drop its result.
-    """
-
-    def __init__(self, stream: str, entry_id: str) -> None:
-        super().__init__(
-            f"entry {entry_id} of {stream!r} is no longer pending on this consumer; another "
-            "consumer took it over and will handle it (raise the visibility timeout if "
-            "handlers legitimately run this long)"
-        )
-        self.stream = stream
-        self.entry_id = entry_id
 
 
 def hash_tag(key: str) -> str:

@@ -23,11 +23,11 @@ import redis
 import redis.asyncio
 from pydantic import ValidationError
 
-from streamcqrs.domain.errors import DecodeError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import message
 from streamcqrs.streams.commit import Batch, OnExisting
 from streamcqrs.streams.envelope import Envelope, as_str, entries, now_ms, parse
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 TYPE_NAME = "streamcqrs.DeadLetter"

@@ -28,10 +28,11 @@ import msgpack
 import orjson
 from pydantic import ValidationError
 
-from streamcqrs.domain.errors import DecodeError, EncodeError, RegistryError, UnknownMessageType
+from streamcqrs.domain.errors import RegistryError, UnknownMessageType
 from streamcqrs.domain.ids import new_message_id
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams.errors import DecodeError, EncodeError
 
 Tags = tuple[tuple[str, str], ...]
 Entry = tuple[bytes, dict[bytes, bytes]]

@@ -31,10 +31,11 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from streamcqrs.domain.errors import ConfigurationError, DecodeError, InvalidTransition
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams.commit import Batch
 from streamcqrs.streams.envelope import Entry, Record, as_str, as_tags, now_ms, to_record
+from streamcqrs.streams.errors import DecodeError, InvalidTransition
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streamcqrs.streams.scripts import script
 from streamcqrs.streams.statuses import (

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from streamcqrs.domain.errors import ServerUnavailable
+from streamcqrs.streams.errors import ServerUnavailable
 
 INSTALL_HINT = (
     "set REDIS_URL to a running server, put redis-server or valkey-server on PATH, "

@@ -13,8 +13,8 @@ from enum import StrEnum
 
 import msgpack
 
-from streamcqrs.domain.errors import HandlingError
 from streamcqrs.streams.envelope import Tags
+from streamcqrs.streams.errors import HandlingError
 
 
 class Status(StrEnum):

@@ -20,7 +20,6 @@ import redis
 import redis.asyncio
 from redis.typing import KeyT, StreamIdT
 
-from streamcqrs.domain.errors import RoleError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams.commit import Batch, OnExisting
@@ -38,6 +37,7 @@ from streamcqrs.streams.envelope import (
     script_entry,
     to_record,
 )
+from streamcqrs.streams.errors import RoleError
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streamcqrs.streams.scripts import script
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from streamcqrs.domain.errors import ServerUnavailable
 from streamcqrs.streams import LocalServer
+from streamcqrs.streams.errors import ServerUnavailable
 from tests.support import Backend, Run
 
 

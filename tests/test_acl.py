@@ -24,7 +24,6 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoPermissionError, ResponseError
 
-from streamcqrs.domain.errors import PermissionDenied, StreamError
 from streamcqrs.domain.registry import registry
 from streamcqrs.handlers import App, Context
 from streamcqrs.handlers import acl as app_acl
@@ -42,6 +41,7 @@ from streamcqrs.streams.aggregates import AggregateStore
 from streamcqrs.streams.deadletter import read_dead_letters_sync
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import Entry, as_str, parse
+from streamcqrs.streams.errors import PermissionDenied, StreamError
 from streamcqrs.streams.handling import Claim, HandlingStore, Status
 from streamcqrs.streams.stream import build_put
 from tests.messages import Account, Deposited, Opened, Ping

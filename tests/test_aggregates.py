@@ -11,15 +11,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from streamcqrs.domain import (
-    Aggregate,
-    ConcurrencyConflict,
-    DuplicateRecord,
-    Event,
-    TypeRegistry,
-    message,
-)
+from streamcqrs.domain import Aggregate, Event, TypeRegistry, message
+from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.streams import Kind, Subsystem
+from streamcqrs.streams.errors import DuplicateRecord
 from tests.messages import Account, Deposited, Opened
 from tests.support import Backend, Run
 

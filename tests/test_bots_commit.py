@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from streamcqrs.domain.errors import ConcurrencyConflict
-from streamcqrs.streams.commit import Batch, NotOwner, run_many
+from streamcqrs.streams.commit import Batch, run_many
 from streamcqrs.streams.envelope import as_str, encode, entries
+from streamcqrs.streams.errors import NotOwner
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script
 from tests.messages import Opened, Ping

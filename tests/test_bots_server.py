@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamcqrs.domain.errors import ServerUnavailable
+from streamcqrs.streams.errors import ServerUnavailable
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.server import LocalServer
 from tests.botapps import SUBSYSTEM, BotProcess, Do, ns_of, put_many, wait_until

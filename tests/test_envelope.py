@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcqrs.domain import DecodeError, EncodeError, TypeRegistry
+from streamcqrs.domain import TypeRegistry
 from streamcqrs.streams import Batch, Envelope, Kind, decode, encode, parse, to_record
 from streamcqrs.streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
+from streamcqrs.streams.errors import DecodeError, EncodeError
 from tests.messages import Ping
 from tests.support import Backend, Run
 

@@ -9,8 +9,10 @@ import pytest
 
 from examples.notification.app import app as notification_app
 from examples.notification.messages import NotificationRequested, SendEmail, SendNotification
-from streamcqrs.domain import ConcurrencyConflict, HandlerError, Operation, message
+from streamcqrs.domain import Operation, message
+from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import App, Context, Retry
+from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.testing import HandlerTest
 from tests.messages import Account, Deposited, Opened
 from tests.support import Run

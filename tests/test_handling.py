@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from streamcqrs.domain.errors import ConfigurationError, InvalidTransition
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.streams import Batch, Kind, Subsystem
 from streamcqrs.streams.envelope import as_str
+from streamcqrs.streams.errors import InvalidTransition
 from streamcqrs.streams.handling import (
     CLAIMABLE,
     TRANSITIONS,

@@ -14,7 +14,7 @@ import sys
 import pytest
 from redis.crc import key_slot
 
-from streamcqrs.domain import ConfigurationError
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.streams import Kind, PartitionKeys, Subsystem, SubsystemKeys, partition_of
 from tests.support import Backend
 

@@ -38,7 +38,8 @@ from examples.notification.messages import (
     SlackMessageSent,
 )
 from examples.notification.saga import NotificationSaga, saga_id
-from streamcqrs.domain import ConcurrencyConflict, Event, Message, new_message_id
+from streamcqrs.domain import Event, Message, new_message_id
+from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import Context, PutOutput, Retry
 from streamcqrs.streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
 from tests.support import Backend, Run

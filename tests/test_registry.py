@@ -10,14 +10,8 @@ from typing import Any
 
 import pytest
 
-from streamcqrs.domain import (
-    Event,
-    Operation,
-    RegistryError,
-    TypeRegistry,
-    UnknownMessageType,
-    message,
-)
+from streamcqrs.domain import Event, Operation, TypeRegistry, message
+from streamcqrs.domain.errors import RegistryError, UnknownMessageType
 
 
 class Renamed(Event):

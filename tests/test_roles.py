@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamcqrs.domain import RoleError, StreamError
+from streamcqrs.streams.errors import RoleError, StreamError
 from tests.messages import Ping
 from tests.support import Backend, Run
 

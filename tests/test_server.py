@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamcqrs.domain import ServerUnavailable
 from streamcqrs.streams import LocalServer, find_server_binary, resolve_url
 from streamcqrs.streams import server as server_module
+from streamcqrs.streams.errors import ServerUnavailable
 from streamcqrs.streams.server import INSTALL_HINT
 
 

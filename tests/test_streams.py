@@ -18,7 +18,8 @@ import redis.asyncio
 from redis.crc import key_slot
 from redis.typing import EncodableT, FieldT
 
-from streamcqrs.domain import ConfigurationError, DuplicateRecord, Message, message
+from streamcqrs.domain import Message, message
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.streams import (
     Kind,
     OnExisting,
@@ -28,6 +29,7 @@ from streamcqrs.streams import (
     partition_of,
 )
 from streamcqrs.streams.envelope import JSON, encode, entries
+from streamcqrs.streams.errors import DuplicateRecord
 from tests.messages import Account, Opened, Ping
 from tests.support import Backend, Run
 

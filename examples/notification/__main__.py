@@ -13,7 +13,7 @@ import asyncio
 import os
 import sys
 
-from streamcqrs.domain import StreamCQRSError
+from streamcqrs.domain.errors import StreamCQRSError
 from streamcqrs.streams import Settings, Subsystem
 
 

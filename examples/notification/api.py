@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from examples.notification.app import app as bots_app
 from examples.notification.client import send_notification
-from streamcqrs.domain import StreamCQRSError
+from streamcqrs.domain.errors import StreamCQRSError
 from streamcqrs.streams import Settings, Subsystem
 
 NotificationId = Annotated[

@@ -15,8 +15,8 @@ needs read access to ``notification/client-ops`` besides put.)
 from __future__ import annotations
 
 from examples.notification.messages import SendNotification
-from streamcqrs.domain import StreamError
 from streamcqrs.streams import OnExisting, Subsystem
+from streamcqrs.streams.errors import StreamError
 
 CLIENT_OPS = "client-ops"
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from examples.notification.directory import Directory, load_directory
-from streamcqrs.domain import ConfigurationError
+from streamcqrs.domain.errors import ConfigurationError
 
 TlsMode = Literal["none", "starttls", "ssl"]
 PREFIX = "NOTIFICATION_"

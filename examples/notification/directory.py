@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from examples.notification.messages import Channel
-from streamcqrs.domain import ConfigurationError
+from streamcqrs.domain.errors import ConfigurationError
 
 Preference = Literal["email", "slack", "both", "none"]
 

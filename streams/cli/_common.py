@@ -22,9 +22,10 @@ import orjson
 import redis
 import redis.asyncio
 
-from streamcqrs.domain.errors import ConfigurationError, DecodeError, StreamCQRSError
+from streamcqrs.domain.errors import ConfigurationError, StreamCQRSError
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
 from streamcqrs.streams.subsystem import as_kind
 

@@ -26,7 +26,6 @@ from typing import Any, TextIO
 
 import redis
 
-from streamcqrs.domain.errors import DecodeError
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -41,6 +40,7 @@ from streamcqrs.streams.deadletter import KIND as DEAD
 from streamcqrs.streams.deadletter import DeadLetter, decode_dead_letter
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import Envelope, as_str, now_ms, parse
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.handling import CLAIMABLE, Action, HistoryEntry, Status, transition
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 

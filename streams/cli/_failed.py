@@ -14,7 +14,6 @@ from typing import Any, TextIO
 
 import redis
 
-from streamcqrs.domain.errors import DecodeError
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -26,6 +25,7 @@ from streamcqrs.streams.cli._common import (
 from streamcqrs.streams.cli._deadletters import Found, actor, dead_letters, mark, put_back
 from streamcqrs.streams.commit import Batch
 from streamcqrs.streams.envelope import Envelope, as_str, parse
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.handling import Action, HistoryEntry, Status, transition
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 

@@ -13,7 +13,6 @@ from typing import Any, TextIO, cast
 
 import redis
 
-from streamcqrs.domain.errors import DecodeError
 from streamcqrs.domain.ids import new_message_id
 from streamcqrs.streams.cli._common import (
     CommandError,
@@ -31,6 +30,7 @@ from streamcqrs.streams.cli._common import (
 )
 from streamcqrs.streams.commit import Batch
 from streamcqrs.streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
+from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.handling import HandlingStore
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script

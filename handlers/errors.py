@@ -1,8 +1,17 @@
-"""Control-flow exceptions a handler raises to steer its own handling (not failures)."""
+"""Errors of the handlers layer, and the exceptions a handler raises to steer its handling.
+
+``HandlerError`` is a declaration mistake (a handler used a stream it did not declare): no
+retry can fix it. ``Retry``, ``NotYet`` and ``Fail`` are control flow, not failures of the
+framework.
+"""
 
 from __future__ import annotations
 
 from streamcqrs.domain.errors import StreamCQRSError
+
+
+class HandlerError(StreamCQRSError):
+    """A handler is declared wrongly, or used a stream it did not declare."""
 
 
 class Retry(StreamCQRSError):
@@ -40,3 +49,6 @@ class Fail(StreamCQRSError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+__all__ = ["Fail", "HandlerError", "NotYet", "Retry"]

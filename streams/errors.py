@@ -1,0 +1,97 @@
+"""Errors of the streams layer: the server, roles, codecs, duplicates, handling, ownership."""
+
+from __future__ import annotations
+
+from streamcqrs.domain.errors import StreamCQRSError
+
+
+class StreamError(StreamCQRSError):
+    """A stream operation could not be done."""
+
+
+class ServerUnavailable(StreamError):
+    """No Redis-protocol server could be reached or started."""
+
+
+class RoleError(StreamError):
+    """A stream object was asked to do something its role does not allow."""
+
+
+class PermissionDenied(RoleError):
+    """The server refused a command for the connection's ACL user (NOPERM).
+
+    The user lacks a grant this call needs; ``streamcqrs acl MODULE:APP`` prints the grants
+    each role gets from the handler declarations.
+    """
+
+
+class DecodeError(StreamError):
+    """A stored entry could not be turned back into a message."""
+
+    def __init__(self, stream: str, entry_id: str, reason: str) -> None:
+        super().__init__(f"cannot decode entry {entry_id} of stream {stream!r}: {reason}")
+        self.stream = stream
+        self.entry_id = entry_id
+        self.reason = reason
+
+
+class EncodeError(StreamError):
+    """A message could not be packed for storage (say, an int beyond 64 bits)."""
+
+
+class DuplicateRecord(StreamError):
+    """A put with ``OnExisting.RAISE`` found a record with the same object id."""
+
+
+class HandlingError(StreamError):
+    """A handling-status change is not allowed from the record's current status."""
+
+
+class InvalidTransition(HandlingError):
+    """The requested status change is not in Naos's transition table."""
+
+    def __init__(self, record: str, concern: str, current: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} record {record!r} for concern {concern!r}: its status is {current}; "
+            "see streamcqrs.streams.statuses.TRANSITIONS for what is allowed from there"
+        )
+        self.record = record
+        self.concern = concern
+        self.current = current
+        self.action = action
+
+
+class Gone(StreamError):
+    """A batch tried to take a delayed entry that another writer already took."""
+
+
+class NotOwner(StreamError):
+    """A commit's input is no longer pending on the committing consumer.
+
+    Another bot took the entry over (XAUTOCLAIM after the visibility timeout) and will
+    commit it itself; this commit wrote nothing, so drop its result.
+    """
+
+    def __init__(self, stream: str, entry_id: str) -> None:
+        super().__init__(
+            f"entry {entry_id} of {stream!r} is no longer pending on this consumer; another "
+            "consumer took it over and will handle it (raise the visibility timeout if "
+            "handlers legitimately run this long)"
+        )
+        self.stream = stream
+        self.entry_id = entry_id
+
+
+__all__ = [
+    "DecodeError",
+    "DuplicateRecord",
+    "EncodeError",
+    "Gone",
+    "HandlingError",
+    "InvalidTransition",
+    "NotOwner",
+    "PermissionDenied",
+    "RoleError",
+    "ServerUnavailable",
+    "StreamError",
+]
