@@ -17,7 +17,7 @@ import redis.asyncio
 from bench.apps import Work
 from bench.baseline import paced, summarize, wait_for
 from bench.stats import ms_of, rate
-from streamcqrs.streams import Batch, Kind, Subsystem, SubsystemKeys, encode
+from streamcqrs.streams import Commit, Kind, Subsystem, SubsystemKeys, encode
 
 OPS = SubsystemKeys("bench").partition(0).stream(Kind.CLIENT_OPERATIONS)
 EVENTS = SubsystemKeys("bench").partition(0).stream(Kind.EVENTS)
@@ -53,13 +53,13 @@ def bots(
 
 def _fill(url: str, n: int, data: str) -> None:
     client = redis.Redis.from_url(url)
-    part = SubsystemKeys("bench").partition(0)
+    keys = SubsystemKeys("bench")
     for start in range(0, n, 500):
-        batch = Batch()
+        commit = Commit()
         for i in range(start, min(n, start + 500)):
             envelope = encode(Work(t0=0, data=data), object_id=str(i))
-            batch.put(part, Kind.CLIENT_OPERATIONS, envelope)
-        batch.run_sync(client)
+            commit.put(keys, Kind.CLIENT_OPERATIONS, envelope)
+        commit.run_sync(client)
     client.close()
 
 

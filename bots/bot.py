@@ -1,12 +1,14 @@
 """The bot: runs an app's handlers over their consumer groups in one process.
 
 Per source (one consumer group on one stream partition) a reader asks XREADGROUP for as
-many entries as there are free handler slots (``concurrency`` over the whole process), claims
-them in the handling store, and starts one task per entry. A handler's outputs, its record's
-new status and the XACK of its input are one ``commit.lua`` call, guarded by OWNS (the entry
-is still pending on this consumer), so a crash before the commit redelivers the input with
-nothing of the first attempt visible, and nothing is ever committed twice. Commits of many
-handlers share a network round trip (``bots.committer``).
+many entries as there are free handler slots (``concurrency`` over the whole process), looks
+up in one read which of them are already settled or disabled, and starts a task per entry.
+The consumer group's pending entry is the claim: nothing is written before a handler runs.
+A handler's outputs, its record's new status and the XACK of its input are one commit,
+guarded by a check that the entry is still pending on this consumer, so a crash before the
+commit redelivers the input with nothing of the first attempt visible, and nothing is ever
+committed twice. The commits of a round go to the server in one script call
+(``bots.committer``).
 
 Failures are retried through the delayed set with exponential backoff; after the last attempt
 the record is Failed and dead-lettered. Bad input is dead-lettered at once. Background tasks
@@ -20,7 +22,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, cast
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,21 +35,23 @@ from streamcqrs.bots.committer import Committer
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.delayed import Mover
 from streamcqrs.bots.logging import entry_logger, get_logger
-from streamcqrs.bots.outcomes import Outcomes
-from streamcqrs.bots.source import Delivery, Source, Verdict, sources
-from streamcqrs.bots.tracking import Tracker
-from streamcqrs.bots.wire import fast_packing
-from streamcqrs.domain.errors import ConcurrencyConflict
+from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
 from streamcqrs.handlers.registry import App
+from streamcqrs.handlers.runner import Runner
+from streamcqrs.streams._wire import fast_packing, send_all
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import Entry, as_str
 from streamcqrs.streams.errors import NotOwner
-from streamcqrs.streams.handling import Claim
 from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.statuses import CLAIMABLE, Status
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 SILENCE_TIMEOUT = 30.0
 """Seconds a bot waits for a reply beyond a blocking read's own wait before giving up."""
+_HANDLEABLE = frozenset(s.value.encode() for s in (*CLAIMABLE, Status.RUNNING))
+"""Stored statuses a delivered record may be handled from (Running: left by an operator or an
+earlier version; the pending entry decides who handles it)."""
 
 
 class Bot:
@@ -74,13 +79,19 @@ class Bot:
         needed = config.concurrency + len(self.sources) + 8
         if getattr(pool, "max_connections", needed) < needed:
             pool.max_connections = needed
-        self.trackers = {
-            (s.ref, s.concern): Tracker(self.client, s.keys, s.ref.kind, s.concern)
-            for s in self.sources
-        }
         keys_of = {name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()}
-        self.committer = Committer(self.client, self.log)
-        self.outcomes = Outcomes(config, self.consumer, self.client, keys_of, self.log)
+        # Plain ``def`` handlers run here, not in asyncio's default executor: on shutdown a
+        # handler still blocking past the grace period must not hold the process.
+        self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix="handler")
+        self.runner = Runner(
+            self.client,
+            keys_of,
+            policy=config.policy,
+            actor=self.consumer,
+            executor=self._threads,
+            home=(lambda d: d.source.part) if config.cluster else None,
+        )
+        self.committer = Committer(self.client, by_slot=config.cluster)
         self.mover = Mover(
             self.client,
             {(s.part, s.ref.kind) for s in self.sources},
@@ -126,7 +137,7 @@ class Bot:
             self.stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
-            self.outcomes.close()
+            self._threads.shutdown(wait=False, cancel_futures=True)
             self.committer.close()
             await committer
             self.log.info("stopped", handled=self.handled)
@@ -207,17 +218,11 @@ class Bot:
             if not room:
                 break
             try:
-                reply = await self.client.xreadgroup(
-                    source.group,
-                    self.consumer,
-                    {source.key: ">"},
-                    count=room,
-                    block=self.config.block_ms,
+                found = await read_group(
+                    self.client, source, self.consumer, count=room, block_ms=self.config.block_ms
                 )
                 pause = 0.1
-                # Without RESP3 the reply is [[key, [(id, fields), ...]]] (one stream read).
-                found = cast(list[Entry], cast(list[Any], reply)[0][1]) if reply else []
-                await self._dispatch(source, found, reclaim=False)
+                await self._dispatch(source, found)
             except ResponseError as exc:
                 if not recovery.is_nogroup(exc):
                     raise
@@ -233,46 +238,65 @@ class Bot:
         source: Source,
         found: Sequence[Entry],
         *,
-        reclaim: bool,
         delivered: Mapping[str, int] | None = None,
     ) -> None:
-        """Classify entries, claim the ones to handle, start a task for each.
+        """Classify entries, skip the settled ones, start a task for each of the rest.
 
         ``delivered`` (taken-over entries): how often each was delivered. One delivered
         more than ``max_attempts`` times never got a commit: its handler crashes or hangs
         the bot, so it is failed and dead-lettered instead of run again.
         """
+        if not found:
+            return
         counts = delivered or {}
         # An entry this bot is still running (its claim lapsed and XAUTOCLAIM handed it back
         # to us) must not start twice.
         deliveries = [
-            source.classify(as_str(eid), raw)
+            source.classify(as_str(eid), raw, self.consumer)
             for eid, raw in found
             if (source.name, as_str(eid)) not in self._inflight
         ]
         to_handle = [d for d in deliveries if d.verdict is Verdict.HANDLE]
-        tracker = self.trackers[(source.ref, source.concern)]
-        claims = await tracker.claim(
-            [(d.message_id, d.envelope.object_id if d.envelope else "") for d in to_handle],
-            actor=self.consumer,
-            reclaim=reclaim,
-        )
-        claimed = iter(claims)
-        blocked = 0
-        for delivery in deliveries:
-            if delivery.verdict is Verdict.HANDLE:
-                claim = next(claimed)
-                if claim is Claim.BLOCKED:
-                    blocked += 1  # stays pending: taken over again after the timeout
-                    continue
-                if claim is not Claim.CLAIMED:
-                    delivery.verdict = Verdict.SKIP
-                elif counts.get(delivery.entry_id, 0) > self.config.max_attempts:
-                    delivery.crashes = counts[delivery.entry_id] - 1
-            self._start(delivery)
+        blocked = await self._look_up(source, to_handle)
         if blocked:
             self.log.info("handling is disabled for this stream; entries left pending",
-                          source=str(source), count=blocked)  # fmt: skip
+                          source=str(source), count=len(to_handle))  # fmt: skip
+            deliveries = [d for d in deliveries if d.verdict is not Verdict.HANDLE]
+        for delivery in deliveries:
+            delivery.taken_over = delivered is not None
+            crashed = counts.get(delivery.entry_id, 0) > self.config.max_attempts
+            if crashed and delivery.verdict is Verdict.HANDLE:
+                delivery.crashes = counts[delivery.entry_id] - 1
+            self._start(delivery)
+
+    async def _look_up(self, source: Source, deliveries: Sequence[Delivery]) -> bool:
+        """Skip deliveries whose record is settled or disabled; True if the stream is disabled.
+
+        One read (two HMGETs) per batch: a record already Completed or Failed for this
+        concern (the same message put twice), or disabled, is acked without running its
+        handler again.
+        """
+        if not deliveries:
+            return False
+        part, kind = source.part, source.ref.kind
+        records = [d.message_id for d in deliveries]
+        statuses, flags = await send_all(
+            self.client,
+            [
+                ("HMGET", part.handling_status(kind, source.concern), *records),
+                ("HMGET", part.handling_flags(kind), part.stream_switch(source.concern), *records),
+            ],
+        )
+        for reply in (statuses, flags):
+            if isinstance(reply, Exception):
+                raise reply
+        if flags[0] == Status.DISABLED_FOR_STREAM.value.encode():
+            return True
+        for delivery, stored, flag in zip(deliveries, statuses, flags[1:], strict=True):
+            settled = stored is not None and stored.partition(b"|")[0] not in _HANDLEABLE
+            if settled or flag == Status.DISABLED_FOR_RECORD.value.encode():
+                delivery.verdict = Verdict.SKIP
+        return False
 
     def _start(self, delivery: Delivery) -> None:
         source = delivery.source
@@ -289,20 +313,21 @@ class Bot:
         """Run one delivery to its commit (or drop it if another bot took it over)."""
         source = delivery.source
         holds_slot = delivery.verdict is Verdict.HANDLE
+        envelope = delivery.input.envelope
         log = entry_logger(
             self.log,
             subsystem=source.ref.subsystem,
             stream=source.key,
             message_id=delivery.message_id,
-            correlation_id=delivery.envelope.correlation_id if delivery.envelope else "",
+            correlation_id=envelope.correlation_id if envelope else "",
         )
-        tracker = self.trackers[(source.ref, source.concern)]
         try:
             if holds_slot:
                 async with self._slots:
-                    await self._attempt(delivery, tracker, log)
+                    await self.runner.handle(delivery, self._commit, log)
+                self.handled += 1
             else:
-                await self._attempt(delivery, tracker, log)
+                await self.runner.handle(delivery, self._commit, log)
         except NotOwner:
             log.warning("entry was taken over by another consumer; dropping this result")
         except asyncio.CancelledError:
@@ -315,32 +340,16 @@ class Bot:
                 self._held -= 1
                 self._room.set()
 
-    async def _attempt(self, delivery: Delivery, tracker: Tracker, log: Any) -> None:
-        """Run the handler and commit its outcome; re-run it after a version conflict."""
-        for _ in range(self.config.conflict_retries + 1):
-            batch = await self.outcomes.attempt(delivery, tracker, log)
-            try:
-                await self._commit(batch)
-            except ConcurrencyConflict as exc:
-                log.info("version conflict; running the handler again", error=str(exc))
-                continue
-            break
-        else:
-            failed = await self.outcomes.give_up_conflicts(delivery, tracker, log)
-            await self._commit(failed)
-        self.handled += delivery.verdict is Verdict.HANDLE
-
-    async def _commit(self, batch: Any) -> None:
+    async def _commit(self, commit: Commit) -> list[Any]:
         """Commit through the committer; re-send after network trouble (OWNS makes it safe)."""
         pause = 0.1
         for _ in range(8):
             try:
-                await self.committer.commit(batch)
-                return
+                return await self.committer.commit(commit)
             except NETWORK_ERRORS:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
-        await self.committer.commit(batch)
+        return await self.committer.commit(commit)
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -398,9 +407,35 @@ class Bot:
                     "took over entries", source=str(source), count=len(found), trimmed=deleted
                 )
             counts = await recovery.delivery_counts(self.client, source, found)
-            await self._dispatch(source, found, reclaim=True, delivered=counts)
+            await self._dispatch(source, found, delivered=counts)
             if cursor == "0-0":
                 return
 
 
-__all__ = ["Bot"]
+async def read_group(
+    client: redis.asyncio.Redis, source: Source, consumer: str, *, count: int, block_ms: int
+) -> list[Entry]:
+    """XREADGROUP new entries of ``source`` for ``consumer``, below redis-py's command layer.
+
+    Raises the server's error (NOGROUP when the group is gone) as a ResponseError.
+    """
+    (reply,) = await send_all(
+        client,
+        [("XREADGROUP", "GROUP", source.group, consumer, "COUNT", count, "BLOCK", block_ms,
+          "STREAMS", source.key, ">")],
+    )  # fmt: skip
+    if isinstance(reply, Exception):
+        raise reply
+    if not reply:
+        return []
+    # RESP2: [[key, entries]]; RESP3 (a connection that said HELLO 3): {key: entries}.
+    found = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    out: list[Entry] = []
+    for entry_id, flat in found:
+        if flat is not None:
+            it = iter(flat)
+            out.append((entry_id, dict(zip(it, it, strict=True))))
+    return out
+
+
+__all__ = ["Bot", "read_group"]

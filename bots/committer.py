@@ -1,10 +1,10 @@
-"""Commits handlers' batches, many per network round trip, each its own atomic script call.
+"""Commits handlers' results, a whole round of them in one script call.
 
-Handlers finish at their own pace; each hands its batch (outputs + status + ack) to the
+Handlers finish at their own pace; each hands its commit (outputs + status + ack) to the
 committer and awaits the result. The committer sends everything queued since its last send
-in one pipeline, so under load one round trip carries dozens of commits while a lone commit
-still goes out at once. A batch's failure (a version conflict, a lost claim) is that batch's
-alone: it comes back to the handler that sent it.
+in one script call, so under load one round trip and one script run carry dozens of commits
+while a lone commit still goes out at once. A commit's refusal (a version conflict, a lost
+entry) is that commit's alone: it comes back to the handler that sent it.
 """
 
 from __future__ import annotations
@@ -14,31 +14,32 @@ from typing import Any
 
 import redis.asyncio
 
-from streamcqrs.streams.commit import Batch, run_many
+from streamcqrs.streams.commit import Commit, run_commits
 
 MAX_PER_ROUND = 256
-"""Most commits in one pipeline: keeps one round trip's reply small and its latency low."""
+"""Most commits in one call: keeps one round's reply small and its latency low."""
 
 
 class Committer:
-    """Queue of batches to commit, and the task that sends them."""
+    """Queue of commits to send, and the task that sends them."""
 
-    def __init__(self, client: redis.asyncio.Redis, log: Any) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, by_slot: bool = False) -> None:
         self.client = client
-        self.log = log
-        self._queue: list[tuple[Batch, asyncio.Future[list[Any]]]] = []
+        self.by_slot = by_slot
+        """On a cluster: one script call per slot (a script touches one slot only)."""
+        self._queue: list[tuple[Commit, asyncio.Future[list[Any]]]] = []
         self._wake = asyncio.Event()
         self._closing = False
 
-    async def commit(self, batch: Batch) -> list[Any]:
-        """Commit ``batch``; return its replies or raise what it failed with."""
+    async def commit(self, commit: Commit) -> list[Any]:
+        """Commit ``commit``; return its replies or raise what it failed with."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, future))
+        self._queue.append((commit, future))
         self._wake.set()
         return await future
 
     async def run(self) -> None:
-        """Send queued batches until ``close`` is called and the queue is empty."""
+        """Send queued commits until ``close`` is called and the queue is empty."""
         while not (self._closing and not self._queue):
             await self._wake.wait()
             self._wake.clear()
@@ -46,14 +47,15 @@ class Committer:
                 round_, self._queue = self._queue[:MAX_PER_ROUND], self._queue[MAX_PER_ROUND:]
                 await self._send(round_)
 
-    async def _send(self, round_: list[tuple[Batch, asyncio.Future[list[Any]]]]) -> None:
+    async def _send(self, round_: list[tuple[Commit, asyncio.Future[list[Any]]]]) -> None:
         try:
-            results = await run_many(self.client, [batch for batch, _ in round_])
+            results = await run_commits(
+                self.client, [commit for commit, _ in round_], by_slot=self.by_slot
+            )
         except Exception as exc:
-            # Network trouble (the client already retried with backoff), or a failure of
-            # the round as a whole. Whether the scripts ran is unknown; each handler
-            # decides (a re-sent commit is refused by its OWNS check if the first one went
-            # through, since its entry is no longer pending).
+            # Network trouble (the client already retried with backoff). Whether the script
+            # ran is unknown; each handler decides (a re-sent commit is refused by its
+            # ownership check if the first one went through: its entry is no longer pending).
             for _, future in round_:
                 if not future.done():
                     future.set_exception(exc)

@@ -7,11 +7,11 @@ the CLI exposes (``--visibility-timeout 1``).
 from __future__ import annotations
 
 import os
-import random
 import socket
 from dataclasses import dataclass, field, replace
 
 from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.handlers.runner import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +77,16 @@ class BotConfig:
         """The visibility timeout in milliseconds (XAUTOCLAIM's min-idle-time)."""
         return max(1, int(self.visibility_timeout * 1000))
 
-    def retry_delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1 = the first).
-
-        Exponential (base * 2**(attempt-1), capped) with up to ``retry_jitter`` of it taken
-        off at random: each delay stays above the previous one's jittered range when the
-        jitter is under a half, so retries spread out yet still back off.
-        """
-        full = min(self.retry_cap, self.retry_base * 2.0 ** max(0, attempt - 1))
-        return full * (1 - self.retry_jitter * random.random())
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry settings as the runner takes them."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            retry_base=self.retry_base,
+            retry_cap=self.retry_cap,
+            retry_jitter=self.retry_jitter,
+            conflict_retries=self.conflict_retries,
+        )
 
 
 __all__ = ["BotConfig"]

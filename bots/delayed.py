@@ -3,60 +3,28 @@
 Delayed work (``ctx.put(..., execute_earliest=...)``, retries, self-cancellations) waits in
 the partition's delayed sorted set, scored by due time in ms, so it survives restarts. Each
 bot moves the due members of the sets beside the streams it consumes: per member, one
-``commit.lua`` call that TAKEs it from the set and PUTs it into the stream. TAKE fails
-(GONE) if another bot moved it first, so a member is moved exactly once however many bots
-run. The mover sleeps until the next member is due, at most ``interval`` seconds.
+commit that takes it from the set and puts it into the stream (``Commit.move_due``); the take
+fails (Gone) if another bot moved it first, so a member is moved exactly once however many
+bots run. The mover sleeps until the next member is due, at most ``interval`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable
 from typing import Any
 
-import msgpack
 import redis.asyncio
 import redis.exceptions
 
-from streamcqrs.bots.source import ATTEMPT_FIELD, CONCERN_FIELD
-from streamcqrs.streams.commit import Batch, run_many
-from streamcqrs.streams.deadletter import add_dead_letter, dead_letter
-from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams import now_ms
+from streamcqrs.streams.commit import Commit, run_commits
 from streamcqrs.streams.errors import Gone
 from streamcqrs.streams.keys import Kind, PartitionKeys
 
 PER_ROUND = 200
 """Most members moved per set per round; a bigger backlog is moved over further rounds."""
-
-
-def move_batch(part: PartitionKeys, zset: str, member: bytes) -> Batch:
-    """The batch that moves one delayed member into its stream (or, if junk, dead-letters)."""
-    batch = Batch()
-    batch.take(zset, member)
-    try:
-        parked = Delayed.unpack(member)
-        kind = Kind(parked.kind)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        letter = dead_letter(
-            reason=f"delayed member is not a packed put: {exc}",
-            stream=zset,
-            entry_id="",
-            raw={b"member": member},
-            error=exc,
-        )
-        add_dead_letter(batch, part, letter)
-        return batch
-    extra: list[bytes | str | int] = []
-    if parked.attempt:
-        extra += [ATTEMPT_FIELD, parked.attempt]
-    if parked.concern:
-        extra += [CONCERN_FIELD, parked.concern]
-    batch.put(
-        part, kind, parked.envelope, on_existing=parked.on_existing, keep=parked.keep, extra=extra
-    )
-    return batch
 
 
 class Mover:
@@ -78,24 +46,27 @@ class Mover:
 
     async def round(self) -> float:
         """Move what is due now; return seconds until the next member is due (capped)."""
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         pipe = self.client.pipeline(transaction=False)
         for part, kind in self.sets:
             zset = part.delayed(kind)
             pipe.zrangebyscore(zset, "-inf", now, start=0, num=PER_ROUND)
             pipe.zrangebyscore(zset, f"({now}", "+inf", start=0, num=1, withscores=True)
         replies = await pipe.execute()
-        batches: list[Batch] = []
+        commits: list[Commit] = []
         wait = self.interval
         for at, (part, kind) in enumerate(self.sets):
             due, upcoming = replies[2 * at], replies[2 * at + 1]
             zset = part.delayed(kind)
-            batches += [move_batch(part, zset, member) for member in due]
+            for member in due:
+                commit = Commit()
+                commit.move_due(part, kind, member)
+                commits.append(commit)
             if len(due) >= PER_ROUND:
                 wait = 0.0
             elif upcoming:
                 wait = min(wait, max(0.0, (float(upcoming[0][1]) - now) / 1000))
-        for result in await run_many(self.client, batches):
+        for result in await run_commits(self.client, commits):
             if isinstance(result, Gone):
                 continue  # another bot moved it: fine
             if isinstance(result, Exception):
@@ -119,4 +90,4 @@ class Mover:
                     await asyncio.wait_for(stopping.wait(), timeout=wait)
 
 
-__all__ = ["Mover", "move_batch"]
+__all__ = ["Mover"]

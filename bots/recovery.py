@@ -20,8 +20,9 @@ from typing import Any, cast
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from streamcqrs.bots.source import Source
-from streamcqrs.streams.commit import Batch
+from streamcqrs.handlers.delivery import Source
+from streamcqrs.streams import entry_key
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import Entry, as_str
 
 RELEASED_IDLE_MS = 10**12
@@ -83,7 +84,7 @@ async def delivery_counts(
     if not found:
         return {}
     ids = [as_str(eid) for eid, _ in found]
-    low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+    low, high = min(ids, key=entry_key), max(ids, key=entry_key)
     reply: list[Any] = await client.xpending_range(
         source.key, source.group, low, high, len(ids) * 4
     )
@@ -93,11 +94,6 @@ async def delivery_counts(
         for info in reply
         if as_str(info["message_id"]) in wanted
     }
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def keep(
@@ -111,9 +107,9 @@ async def keep(
     """Set the idle time of entries ``consumer`` still owns; return those it owns."""
     if not entry_ids:
         return []
-    batch = Batch()
-    batch.touch(source.key, source.group, consumer, entry_ids, idle_ms)
-    (kept,) = await batch.run(client)
+    commit = Commit()
+    commit.touch(source.key, source.group, consumer, entry_ids, idle_ms)
+    (kept,) = await commit.run(client)
     return [as_str(eid) for eid in kept]
 
 

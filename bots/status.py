@@ -16,8 +16,8 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from streamcqrs.bots.source import Source, sources
 from streamcqrs.bots.supervisor import load_app
+from streamcqrs.handlers.delivery import Source, sources
 from streamcqrs.handlers.registry import App
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import as_str

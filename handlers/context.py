@@ -22,12 +22,12 @@ from streamcqrs.domain.messages import Event, Message
 from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import HandlerSpec, StreamRef
+from streamcqrs.streams import now_ms, to_ms
 from streamcqrs.streams.aggregates import AggregateStore
-from streamcqrs.streams.commit import Batch, OnExisting
-from streamcqrs.streams.delayed import Delayed
-from streamcqrs.streams.envelope import Envelope, as_tags, encode, encode_view, now_ms
+from streamcqrs.streams.commit import Commit, OnExisting
+from streamcqrs.streams.envelope import Envelope, as_tags, encode, encode_view
 from streamcqrs.streams.keys import SubsystemKeys
-from streamcqrs.streams.stream import ReadOnlyStream, to_ms
+from streamcqrs.streams.stream import ReadOnlyStream
 
 A = TypeVar("A", bound=Aggregate)
 TagsIn = Iterable[tuple[str, str]] | Mapping[str, str] | None
@@ -44,16 +44,10 @@ class PutOutput:
     keep: int = 1
     due_ms: int | None = None
 
-    def compile(self, batch: Batch) -> None:
-        """Add this output's op to ``batch``."""
-        part = self.keys.for_object(self.envelope.object_id or self.envelope.message_id)
-        if self.due_ms is not None:
-            member = Delayed(self.target.kind.value, self.envelope, self.on_existing, self.keep)
-            batch.delay(part.delayed(self.target.kind), self.due_ms, member.pack())
-        else:
-            batch.put(
-                part, self.target.kind, self.envelope, on_existing=self.on_existing, keep=self.keep
-            )
+    def fill(self, commit: Commit) -> None:
+        """Add this output to ``commit``."""
+        commit.put(self.keys, self.target.kind, self.envelope, on_existing=self.on_existing,
+                   keep=self.keep, due_ms=self.due_ms)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -66,14 +60,9 @@ class AppendOutput:
     expected_version: int | None
     envelopes: list[Envelope] = field(default_factory=list)
 
-    def compile(self, batch: Batch) -> None:
-        """Add this output's op to ``batch``."""
-        batch.append(
-            self.keys.for_object(self.aggregate_id),
-            self.aggregate_id,
-            self.envelopes,
-            self.expected_version,
-        )
+    def fill(self, commit: Commit) -> None:
+        """Add this output to ``commit``."""
+        commit.append(self.keys, self.aggregate_id, self.envelopes, self.expected_version)
 
 
 Output = PutOutput | AppendOutput
@@ -277,13 +266,14 @@ class Context:
             correlation_id=self.correlation_id,
             causation_id=self.envelope.message_id,
         )
-        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
-        self.outputs.append(PutOutput(ref, self.keys(ref.subsystem), envelope, strategy, keep))
+        self.outputs.append(
+            PutOutput(ref, self.keys(ref.subsystem), envelope, OnExisting.for_view(keep), keep)
+        )
 
-    def compile(self, batch: Batch) -> None:
-        """Add every buffered output to ``batch`` (the bot adds the ack and status)."""
+    def fill(self, commit: Commit) -> None:
+        """Add every buffered output to ``commit`` (the runner adds the input's outcome)."""
         for output in self.outputs:
-            output.compile(batch)
+            output.fill(commit)
 
 
 __all__ = ["AppendOutput", "Context", "Output", "PutOutput"]

@@ -80,6 +80,7 @@ class App:
     types: TypeRegistry = field(default=registry)
     partitions: dict[str, int] = field(default_factory=dict)
     handlers: list[HandlerSpec] = field(default_factory=list)
+    ignored: dict[StreamRef, set[type[Message]]] = field(default_factory=dict)
 
     def subsystem(self, name: str, *, partitions: int = 1) -> None:
         """Declare a subsystem's partition count (default 1)."""
@@ -138,6 +139,21 @@ class App:
             return fn
 
         return decorate
+
+    def ignore(self, *message_types: type[Message], stream: str) -> None:
+        """Drop these types on ``stream`` without a handler (acked, no dead letter).
+
+        An operation no handler takes is dead-lettered ("no handler for TYPE on STREAM") so
+        nothing is lost unnoticed; declare here the ones the app means to drop. Event, view
+        and snapshot streams need no declaration: a concern skips the types it does not take.
+        """
+        for cls in message_types:
+            self.types.of_class(cls)  # registered, or a clear error now
+        self.ignored.setdefault(StreamRef.parse(stream), set()).update(message_types)
+
+    def ignored_on(self, stream: StreamRef) -> set[type[Message]]:
+        """The types the app drops on ``stream`` (see ``ignore``)."""
+        return set(self.ignored.get(stream, ()))
 
     def groups(self) -> dict[tuple[StreamRef, str], list[HandlerSpec]]:
         """Handlers by (stream, concern): one consumer group each."""

@@ -15,19 +15,20 @@ Pass a client on a real server instead of the in-memory one to test against it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis.asyncio
 
 from streamcqrs.domain.aggregate import Aggregate
 from streamcqrs.domain.messages import Event, Message
 from streamcqrs.handlers.context import AppendOutput, Context, PutOutput
+from streamcqrs.handlers.delivery import Delivery, Source, Verdict
 from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
-from streamcqrs.streams.commit import Batch
+from streamcqrs.handlers.runner import RetryPolicy, Runner
+from streamcqrs.streams.commit import Commit, Input
 from streamcqrs.streams.envelope import JSON, as_tags, decode, encode
 from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.subsystem import Subsystem
@@ -67,13 +68,22 @@ class Emitted:
 class HandlerTest:
     """An app's handlers over in-memory streams (or a given client), one message at a time."""
 
-    def __init__(self, app: App, client: redis.asyncio.Redis | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.app = app
         self.client = client if client is not None else MemoryServer().client()
         self.keys_of: Mapping[str, SubsystemKeys] = {
             name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()
         }
         self._sent = 0
+        self.runner = Runner(
+            self.client, self.keys_of, policy=policy or RetryPolicy(), actor="test"
+        )
 
     def subsystem(self, name: str) -> Subsystem:
         """A subsystem on the test's client, to read what handlers wrote or to seed data."""
@@ -112,30 +122,34 @@ class HandlerTest:
         stream: str | None = None,
         attempt: int = 1,
     ) -> Emitted:
-        """Run the handler of ``message`` once, commit what it emitted, and return that."""
+        """Run the handler of ``message`` once, commit what it emitted, and return that.
+
+        The run and its commit are the bot's own (``Runner.handle``): a version conflict runs
+        the handler again on fresh state, and a handler that raises leaves the state a bot
+        would (the retry parked, or the record Failed); then ``send`` raises what the handler
+        raised, for the test to assert on.
+        """
         spec = self.handler_for(message, stream)
         envelope = encode(
             message, object_id=str(object_id), tags=as_tags(tags), types=self.app.types
         )
         self._sent += 1
-        ctx = Context(
-            spec,
-            envelope,
-            entry_id=f"{self._sent}-0",
-            attempt=attempt,
-            client=self.client,
-            keys_of=self.keys_of,
-            types=self.app.types,
-        )
-        if spec.is_async:
-            await cast(Awaitable[None], spec.fn(message, ctx))
-        else:
-            await asyncio.to_thread(spec.fn, message, ctx)
-        batch = Batch()
-        ctx.compile(batch)
-        if batch:
-            await batch.run(self.client)
-        return self._emitted(ctx)
+        keys = self.keys_of.get(spec.source.subsystem) or SubsystemKeys(spec.source.subsystem)
+        part = keys.for_object(envelope.object_id or envelope.message_id)
+        by_class = {cls: spec for cls in spec.message_types}
+        source = Source(spec.source, spec.concern, part, keys, by_class, self.app.types)
+        raw = envelope.entry()
+        entry = Input(part, spec.source.kind, spec.concern, "test", f"{self._sent}-0",
+                      envelope.message_id, raw, envelope, in_group=False)  # fmt: skip
+        delivery = Delivery(source, entry, Verdict.HANDLE, message, spec, attempt)
+        result = await self.runner.handle(delivery, self._commit)
+        if result.error is not None:
+            raise result.error
+        assert result.context is not None
+        return self._emitted(result.context)
+
+    async def _commit(self, commit: Commit) -> list[Any]:
+        return await commit.run(self.client)
 
     def _emitted(self, ctx: Context) -> Emitted:
         emitted = Emitted()
@@ -160,3 +174,4 @@ class HandlerTest:
 
 
 __all__ = ["Emitted", "HandlerTest", "Put"]
+

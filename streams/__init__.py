@@ -1,11 +1,12 @@
 """Redis-backed streams: the key scheme, envelopes, the six stream kinds handed out by role,
 versioned aggregates, the handling store, Lua scripts and the server to run them on."""
 
+from streamcqrs.streams._ids import entry_key, now_ms, to_ms
 from streamcqrs.streams.aggregates import AggregateStore, AppendResult
-from streamcqrs.streams.commit import Batch, OnExisting
+from streamcqrs.streams.commit import Commit, Input, OnExisting
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.deadletter import DeadLetter, read_dead_letters
-from streamcqrs.streams.envelope import Envelope, Record, decode, encode, now_ms, parse, to_record
+from streamcqrs.streams.envelope import Envelope, Record, decode, encode, parse, to_record
 from streamcqrs.streams.errors import (
     DecodeError,
     DuplicateRecord,
@@ -19,16 +20,10 @@ from streamcqrs.streams.errors import (
     ServerUnavailable,
     StreamError,
 )
-from streamcqrs.streams.handling import (
-    Action,
-    Claim,
-    Composite,
-    HandlingStore,
-    HistoryEntry,
-    Status,
-)
+from streamcqrs.streams.handling import HandlingStore
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
 from streamcqrs.streams.server import LocalServer, find_server_binary, resolve_url, shared_server
+from streamcqrs.streams.statuses import Action, Composite, HistoryEntry, Status
 from streamcqrs.streams.stream import (
     PutResult,
     ReadOnlyStream,
@@ -41,8 +36,7 @@ __all__ = [
     "Action",
     "AggregateStore",
     "AppendResult",
-    "Batch",
-    "Claim",
+    "Commit",
     "Composite",
     "DeadLetter",
     "DecodeError",
@@ -53,6 +47,7 @@ __all__ = [
     "HandlingError",
     "HandlingStore",
     "HistoryEntry",
+    "Input",
     "InvalidTransition",
     "Kind",
     "LocalServer",
@@ -74,6 +69,7 @@ __all__ = [
     "WriteOnlyStream",
     "decode",
     "encode",
+    "entry_key",
     "find_server_binary",
     "now_ms",
     "parse",
@@ -81,5 +77,6 @@ __all__ = [
     "read_dead_letters",
     "resolve_url",
     "shared_server",
+    "to_ms",
     "to_record",
 ]

@@ -50,14 +50,14 @@ CONSUMER_COMMANDS = (
     "xinfo|stream", "xrange", "xrevrange", "xlen",
 )  # fmt: skip
 """What a consumer-group member does on its input stream (XREADGROUP needs read and write)."""
-HANDLING_COMMANDS = (
-    "hget", "hmget", "hgetall", "hexists", "hset", "hdel", "rpush", "lrange", "llen", "lindex",
-)  # fmt: skip
-"""What a consumer does on its handling store: status hash, history lists."""
+HANDLING_COMMANDS = ("hget", "hmget", "hset")
+"""What a consumer does on its handling store: one hash of statuses with their history."""
 DELAYED_COMMANDS = ("zadd", "zrangebyscore", "zscore", "zrem", "zcard")
 """What a consumer does on its input's delayed set: park retries, take due entries."""
 FLAG_COMMANDS = ("hget", "hmget", "hgetall", "hexists")
 """What a consumer does on the disable switches: read them (operators set them)."""
+AGGREGATE_READ_COMMANDS = ("llen", "lindex", "lrange")
+"""What loading an aggregate does on its event list: its length (the version) and events."""
 
 
 class Access(StrEnum):
@@ -213,10 +213,6 @@ def _by_object(part: PartitionKeys, kind: Kind) -> str:
     return wildcard(lambda x: part.by_object(kind, x))
 
 
-def _history(part: PartitionKeys, kind: Kind, concern: str) -> str:
-    return wildcard(lambda x: part.handling_history(kind, concern, x))
-
-
 def put(
     keys: SubsystemKeys,
     kind: Kind,
@@ -230,7 +226,9 @@ def put(
     A put XADDs the entry, HSETs the latest-by-id index and ZADDs each tag index. ``prune``
     (views, snapshots: keep the newest N per id) also trims the per-object set and XDELs old
     entries; ``dedupe`` (``OnExisting.SKIP``/``RAISE``) reads the index and the stream, which
-    a write-only producer must not; ``delay`` parks a put in the delayed set.
+    a write-only producer must not; ``delay`` parks a put in the delayed set. Every put made
+    outside a bot's commit also notes its message id in the stream's recent-puts hashes (only
+    its own script reads them), to recognise its own replay.
     """
     where = f"{keys.subsystem}/{kind}"
     streams = [escape(p.stream(kind)) for p in _parts(keys)]
@@ -238,6 +236,8 @@ def put(
     sets = [_tags(p, kind) for p in _parts(keys)]
     by_object = [_by_object(p, kind) for p in _parts(keys)]
     delayed = [escape(p.delayed(kind)) for p in _parts(keys)]
+    # The minute at the end of the key is the wildcard: every minute's hash.
+    recent = [escape(p.recent_puts(kind, 0)[:-1]) + "*" for p in _parts(keys)]
     if delay:
         sets += delayed
     # One command per key class: XADD on an index key would make a stream there.
@@ -245,13 +245,14 @@ def put(
         grant(streams, Access.WRITE, ("xadd",), f"put into {where}"),
         grant(indexes, Access.WRITE, ("hset",), f"index puts into {where} by object id"),
         grant(sets, Access.WRITE, ("zadd",), f"index puts into {where} by tag"),
+        grant(recent, Access.READ_WRITE, ("hget", "hset", "expire"), "recognise a re-sent put"),
     ]
     if prune:
         out.append(grant(by_object, Access.READ_WRITE, ("zadd", "zcard", "zrange", "zrem")))
         out.append(grant(streams, Access.WRITE, ("xdel",), f"prune {where} to the newest per id"))
     if dedupe:
         out.append(grant(indexes + streams, Access.READ, ("hget", "xrange"), "skip duplicates"))
-    script = streams + indexes + sets + (by_object if prune else [])
+    script = streams + indexes + sets + recent + (by_object if prune else [])
     return Grants(frozenset(script), tuple(out))
 
 
@@ -296,7 +297,7 @@ def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
     streams, handling, flags, delayed, outboxes = [], [], [], [], []
     for part in _parts(keys):
         streams.append(escape(part.stream(kind)))
-        handling += [escape(part.handling_status(kind, concern)), _history(part, kind, concern)]
+        handling.append(escape(part.handling_status(kind, concern)))
         flags.append(escape(part.handling_flags(kind)))
         delayed.append(escape(part.delayed(kind)))
         outboxes.append(escape(part.outbox))
@@ -318,23 +319,16 @@ def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
 def append(keys: SubsystemKeys) -> Grants:
     """Append events to the aggregates of one subsystem (and its events stream), and load them.
 
-    commit.lua's APPEND checks the version and the message-id de-duplication hash (reads),
-    then XADDs to the aggregate's stream and the events stream. Loading reads the aggregate's
-    stream after the latest snapshot.
+    commit.lua's APPEND reads the aggregate's list (its length, head and tail: the version
+    and a replay check), then RPUSHes the packed events and XADDs them to the events stream.
     """
-    script: set[str] = set()
-    rw: list[str] = []
-    for part in _parts(keys):
-        aggregates = wildcard(part.aggregate)
-        ids = wildcard(part.aggregate_message_ids)
-        rw += [aggregates, ids, escape(part.versions)]
-        script |= {aggregates, ids, escape(part.versions)}
+    lists = [wildcard(part.aggregate) for part in _parts(keys)]
     why = f"append to {keys.subsystem} aggregates"
     events = put(keys, Kind.EVENTS, dedupe=False, prune=False, delay=False)
     return (
         Grants(
-            frozenset(script),
-            (grant(rw, Access.READ_WRITE, ("xadd", "hset", "hget", "xrange", "xrevrange"), why),),
+            frozenset(lists),
+            (grant(lists, Access.READ_WRITE, ("rpush", *AGGREGATE_READ_COMMANDS), why),),
         )
         + events
         + load(keys)
@@ -342,12 +336,11 @@ def append(keys: SubsystemKeys) -> Grants:
 
 
 def load(keys: SubsystemKeys) -> Grants:
-    """Load aggregates of one subsystem: snapshots (latest by id) and aggregate event streams."""
-    aggregates = [wildcard(p.aggregate) for p in _parts(keys)]
-    versions = [escape(p.versions) for p in _parts(keys)]
+    """Load aggregates of one subsystem: snapshots (latest by id) and aggregates' event lists."""
+    lists = [wildcard(p.aggregate) for p in _parts(keys)]
     why = f"load {keys.subsystem} aggregates"
     return read(keys, Kind.SNAPSHOTS) + Grants(
-        grants=(grant(aggregates + versions, Access.READ, ("xrange", "xrevrange", "hget"), why),)
+        grants=(grant(lists, Access.READ, AGGREGATE_READ_COMMANDS, why),)
     )
 
 
@@ -375,6 +368,7 @@ class Roles:
 
 
 __all__ = [
+    "AGGREGATE_READ_COMMANDS",
     "CONNECTION_COMMANDS",
     "CONSUMER_COMMANDS",
     "DELAYED_COMMANDS",

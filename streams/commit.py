@@ -1,22 +1,29 @@
-"""A batch of writes applied atomically by one call of ``commit.lua``.
+"""The commit: everything one step writes, applied atomically by one call of ``commit.lua``.
 
-Producers use a one-op batch for a put; aggregates use it for a versioned append; the bot
-packs everything a handler emitted plus the ack of its input into one batch. Either all of a
-batch is written or, when a check fails (version conflict, duplicate, status, ownership),
-none of it.
+A ``Commit`` collects intents: ``put`` a record (now, or parked until due), ``append`` events
+to an aggregate at an expected version, ``settle`` a record's handling status, park the input
+for a later attempt (``retry_later``), ``dead_letter`` it. Built for a consumed ``Input``, it
+also checks that the consumer still owns that entry and acks it. Either all of a commit is
+written or, when a check fails (a version conflict, a duplicate, a status that does not allow
+the change, a lost entry), none of it. Handlers, the bot and the operator tools speak only
+these intents; the script's opcodes stay in this module.
 
-Redis Cluster: a script may only touch keys of one slot. A batch built with ``home=`` (the
-partition whose keys the commit is for: the bot's input partition) routes every put, append
-or delay bound for another hash tag into ``home.outbox`` instead, in the same call. Each
-outbox entry holds the KEYS and ARGV of a one-op commit for the other slot and the output's
-message id; a relay runs it there, skipping ids it has forwarded before. On one server,
-batches are built without ``home`` and write every key directly.
+``run_commits`` sends many commits in one script call (a bot's whole round); each is checked
+and applied on its own, and each gets its own replies or error back.
+
+Redis Cluster: a script may only touch keys of one slot. A commit built with ``home`` (the
+partition whose keys it is for: a bot's input partition) routes a put, append or delay bound
+for another hash tag into ``home.outbox`` instead, as the keys and arguments of a one-commit
+call for that slot; a relay runs it there, de-duplicated by message id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -26,7 +33,12 @@ import redis.asyncio
 from redis.exceptions import NoScriptError, ResponseError
 
 from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
-from streamcqrs.streams.envelope import Envelope
+from streamcqrs.streams._ids import now_ms
+from streamcqrs.streams._wire import send_all
+from streamcqrs.streams.deadletter import KIND as DEAD
+from streamcqrs.streams.deadletter import DeadLetter, dead_letter
+from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams.envelope import Envelope, as_tags
 from streamcqrs.streams.errors import (
     DuplicateRecord,
     Gone,
@@ -35,14 +47,28 @@ from streamcqrs.streams.errors import (
     PermissionDenied,
     StreamError,
 )
-from streamcqrs.streams.keys import Kind, PartitionKeys
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streamcqrs.streams.scripts import script
+from streamcqrs.streams.statuses import STORED_FROM, TRANSITIONS, Action, HistoryEntry
 
-_pack: Any
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]; work without it
-    _pack = None
+ATTEMPT_FIELD = b"att"
+"""Entry field beside the envelope: which attempt this delivery is (absent: the first)."""
+CONCERN_FIELD = b"for"
+"""Entry field beside the envelope: the one concern a retried entry is for (absent: all)."""
+
+
+class OnExisting(StrEnum):
+    """What a put does when the stream already holds a record with the same object id."""
+
+    WRITE = "write"  # write anyway; the new record becomes the latest for that id
+    SKIP = "skip"  # do not write; the put returns the existing entry id
+    RAISE = "raise"  # do not write; raise DuplicateRecord
+    PRUNE = "prune"  # write, then delete all but the newest ``keep`` records of that id
+
+    @classmethod
+    def for_view(cls, keep: int) -> OnExisting:
+        """How a view put keeps its history: the newest ``keep`` per id (0 keeps all)."""
+        return cls.PRUNE if keep > 0 else cls.WRITE
 
 
 def hash_tag(key: str) -> str:
@@ -54,42 +80,99 @@ def hash_tag(key: str) -> str:
     return key
 
 
-class OnExisting(StrEnum):
-    """What a put does when the stream already holds a record with the same object id."""
+@dataclass(frozen=True, slots=True)
+class Input:
+    """The consumed entry a commit settles: where it was read, by whom, and what it holds."""
 
-    WRITE = "write"  # write anyway; the new record becomes the latest for that id
-    SKIP = "skip"  # do not write; the put returns the existing entry id
-    RAISE = "raise"  # do not write; raise DuplicateRecord
-    PRUNE = "prune"  # write, then delete all but the newest ``keep`` records of that id
+    part: PartitionKeys
+    kind: Kind
+    concern: str
+    """The consumer group, named after the concern."""
+    consumer: str
+    entry_id: str
+    message_id: str
+    """The record's id (the envelope's message id; the entry id for an entry without one)."""
+    raw: dict[bytes, bytes]
+    envelope: Envelope | None = None
+    in_group: bool = True
+    """False for an input that was never read from a consumer group (``HandlerTest``): its
+    commit settles the record but has no pending entry to check or ack."""
+
+    @property
+    def stream(self) -> str:
+        """The stream key the entry was read from."""
+        return self.part.stream(self.kind)
 
 
-class Batch:
-    """Writes to apply together: build with the methods below, then ``run`` once."""
+_PACKED_EVENT = 0x96
+"""msgpack header of an aggregate's stored event: an array of 6 (the script adds the 6th)."""
 
-    def __init__(self, home: PartitionKeys | None = None) -> None:
+
+def pack_event(envelope: Envelope) -> bytes:
+    """An event as its aggregate stores it, less the entry id the commit adds.
+
+    ``[message id, type, schema, created at, payload, entry id]``: what rebuilding needs and
+    what de-duplicates a replayed append. Correlation, causation and tags stay in the
+    subsystem's event stream. A 32-hex message id is stored as its 16 bytes.
+    """
+    mid = envelope.message_id
+    stored_id: bytes | str = mid
+    if len(mid) == 32:
+        with contextlib.suppress(ValueError):
+            stored_id = bytes.fromhex(mid)
+    head = [stored_id, envelope.type, envelope.schema, envelope.created_at, envelope.payload]
+    packed: bytes = msgpack.packb(head, use_bin_type=True)
+    return bytes([_PACKED_EVENT]) + packed[1:]
+
+
+def unpack_event(
+    packed: bytes, aggregate_id: str, version: int
+) -> tuple[Envelope, str]:
+    """An aggregate's stored event as an envelope (at ``version``) and its entry id."""
+    mid, type_name, schema, at, payload, entry_id = msgpack.unpackb(packed, raw=False)
+    message_id = mid.hex() if isinstance(mid, bytes) else str(mid)
+    envelope = Envelope(
+        type=type_name,
+        payload=payload,
+        schema=int(schema),
+        object_id=aggregate_id,
+        message_id=message_id,
+        created_at=int(at),
+        seq=version,
+    )
+    return envelope, str(entry_id)
+
+
+class Commit:
+    """Intents to write together; send with ``run`` (or many at once with ``run_commits``)."""
+
+    def __init__(
+        self,
+        input: Input | None = None,
+        *,
+        home: PartitionKeys | None = None,
+        replay_safe: bool = True,
+    ) -> None:
         self._keys: dict[str, int] = {}
         self._args: list[Any] = []
-        self._status_context: dict[str, tuple[str, str]] = {}
+        self._context: dict[str, tuple[str, str]] = {}
         self.size = 0
+        self.input = input
         self.home = home
         """Set on a cluster: outputs for other hash tags go to ``home.outbox``."""
-
-    def _foreign(self, key: str) -> bool:
-        return self.home is not None and hash_tag(key) != self.home.tag
-
-    def _to_outbox(self, sub: Batch, message_id: str) -> int:
-        """Route a one-op batch for another slot into the home partition's outbox."""
-        assert self.home is not None
-        fields = [
-            "id", message_id, "tag", hash_tag(sub.keys[0]),
-            "keys", msgpack.packb(sub.keys), "args", msgpack.packb(sub._args),
-        ]  # fmt: skip
-        self._args += ["OUTBOX", self._key(self.home.outbox), len(fields), *fields]
-        self.size += 1
-        return self.size - 1
+        self._nonce = ""
+        self.replay_safe = replay_safe
+        """Standalone puts note a token of this call for two minutes, so a command re-sent
+        after a lost reply does not write twice (about 50 bytes per put while it lasts)."""
+        if input is not None and input.in_group:
+            stream = self._key(input.stream)
+            self._op("OWNS", stream, input.concern, input.consumer, input.entry_id)
+            self._op("ACK", stream, input.concern, input.entry_id)
 
     def __bool__(self) -> bool:
         return self.size > 0
+
+    # -- wire --------------------------------------------------------------------------------
 
     def _key(self, key: str) -> int:
         index = self._keys.get(key)
@@ -97,9 +180,72 @@ class Batch:
             index = self._keys[key] = len(self._keys) + 1
         return index
 
+    def _op(self, *words: Any) -> int:
+        self._args += words
+        self.size += 1
+        return self.size - 1
+
+    def _recent(self, part: PartitionKeys, kind: Kind) -> tuple[int, int, str]:
+        """The recent-puts hashes a standalone put checks (this minute's, the last one's) and
+        the token naming this put of this call.
+
+        A bot's commit needs none: a re-sent one fails its ownership check.
+        """
+        if self.input is not None or not self.replay_safe:
+            return 0, 0, ""
+        if not self._nonce:
+            self._nonce = secrets.token_hex(6)
+        minute = now_ms() // 60_000
+        now, before = part.recent_puts(kind, minute), part.recent_puts(kind, minute - 1)
+        return self._key(now), self._key(before), f"{self._nonce}.{self.size}"
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key the commit touches."""
+        return list(self._keys)
+
+    def args(self) -> list[Any]:
+        """This commit's part of a script call's ARGV."""
+        return ["BEGIN", len(self._keys), *self._keys, *self._args]
+
+    def _foreign(self, key: str) -> bool:
+        return self.home is not None and hash_tag(key) != self.home.tag
+
+    def _to_outbox(self, sub: Commit, message_id: str) -> int:
+        """Route a one-intent commit for another slot into the home partition's outbox."""
+        assert self.home is not None
+        fields = [
+            "id", message_id, "tag", hash_tag(sub.keys[0]),
+            "keys", msgpack.packb(sub.keys), "args", msgpack.packb(sub.args()),
+        ]  # fmt: skip
+        return self._op("OUTBOX", self._key(self.home.outbox), len(fields), *fields)
+
+    # -- outputs -----------------------------------------------------------------------------
+
     def put(
         self,
-        keys: PartitionKeys,
+        keys: SubsystemKeys,
+        kind: Kind,
+        envelope: Envelope,
+        *,
+        on_existing: OnExisting = OnExisting.WRITE,
+        keep: int = 1,
+        due_ms: int | None = None,
+    ) -> int:
+        """Put a record into its partition of stream ``kind`` (or park it until ``due_ms``).
+
+        The partition is the object id's (the message id's when it has none), so one object's
+        records stay in order. Returns the op's index among the replies.
+        """
+        part = keys.for_object(envelope.object_id or envelope.message_id)
+        if due_ms is not None:
+            member = Delayed(kind.value, envelope, on_existing, keep).pack()
+            return self.delay(part.delayed(kind), due_ms, member)
+        return self.put_at(part, kind, envelope, on_existing=on_existing, keep=keep)
+
+    def put_at(
+        self,
+        part: PartitionKeys,
         kind: Kind,
         envelope: Envelope,
         *,
@@ -108,182 +254,266 @@ class Batch:
         maxlen: int = 0,
         extra: Sequence[bytes | str | int] = (),
     ) -> int:
-        """Add a record to stream ``kind``, indexed by object id and tags; return its op index.
+        """Put a record into partition ``part``, indexed by object id and tags.
 
-        ``extra`` adds field/value pairs beside the envelope's (the bot's attempt count).
+        ``extra`` adds field/value pairs beside the envelope's (a retry's attempt number).
+        A put outside a bot's commit recognises its own replay (redis-py re-sends a command
+        after a lost reply) by its message id and does not write twice (see ``replay_safe``);
+        a bot's commit needs no such check (a replay fails its ownership check).
         """
         if on_existing is OnExisting.PRUNE and keep < 1:
             raise ConfigurationError(f"OnExisting.PRUNE must keep at least 1 record, not {keep}")
-        if self._foreign(keys.tag):
-            sub = Batch()
-            sub.put(keys, kind, envelope, on_existing=on_existing, keep=keep, maxlen=maxlen,
-                    extra=extra)  # fmt: skip
+        if self._foreign(part.tag):
+            sub = Commit()
+            sub.put_at(part, kind, envelope, on_existing=on_existing, keep=keep, maxlen=maxlen,
+                       extra=extra)  # fmt: skip
             return self._to_outbox(sub, envelope.message_id)
         obj = envelope.object_id
         prune = on_existing is OnExisting.PRUNE and obj
-        byid = self._key(keys.by_object(kind, obj)) if prune else 0
+        byid = self._key(part.by_object(kind, obj)) if prune else 0
         fields = [*envelope.fields(), *extra]
-        self._args += [
-            "PUT", self._key(keys.stream(kind)), self._key(keys.index(kind)), byid,
-            len(envelope.tags),
-            *(self._key(keys.tag_index(kind, n, v)) for n, v in envelope.tags),
-            on_existing.value, keep, obj, maxlen, len(fields), *fields,
-        ]  # fmt: skip
-        self.size += 1
-        return self.size - 1
+        return self._op(
+            "PUT", self._key(part.stream(kind)), self._key(part.index(kind)), byid,
+            len(envelope.tags), *(self._key(part.tag_index(kind, n, v)) for n, v in envelope.tags),
+            on_existing.value, keep, obj, maxlen, *self._recent(part, kind), len(fields), *fields,
+        )  # fmt: skip
 
     def append(
         self,
-        keys: PartitionKeys,
+        keys: SubsystemKeys,
         aggregate_id: str,
         envelopes: Sequence[Envelope],
         expected_version: int | None,
     ) -> int:
-        """Append events to an aggregate (and the subsystem's event stream) at a version.
+        """Append events to an aggregate at a version (None: no check), and to the events stream.
 
-        Routed to the outbox on a cluster when the aggregate lives in another slot: the
-        relay's append then checks the version when it runs, not in this commit.
+        On a cluster, an aggregate in another slot is appended to by the relay, whose commit
+        there checks the version.
         """
-        if self._foreign(keys.tag) and envelopes:
-            sub = Batch()
+        part = keys.for_object(aggregate_id)
+        if self._foreign(part.tag) and envelopes:
+            sub = Commit()
             sub.append(keys, aggregate_id, envelopes, expected_version)
             return self._to_outbox(sub, envelopes[0].message_id)
-        self._args += [
-            "APPEND", self._key(keys.aggregate(aggregate_id)), self._key(keys.versions),
-            self._key(keys.aggregate_message_ids(aggregate_id)),
-            self._key(keys.stream(Kind.EVENTS)), self._key(keys.index(Kind.EVENTS)),
+        words: list[Any] = [
+            "APPEND", self._key(part.aggregate(aggregate_id)),
+            self._key(part.stream(Kind.EVENTS)), self._key(part.index(Kind.EVENTS)),
             aggregate_id, -1 if expected_version is None else expected_version, len(envelopes),
         ]  # fmt: skip
         for envelope in envelopes:
             fields = envelope.fields()
-            self._args += [
-                envelope.message_id,
+            words += [
+                pack_event(envelope),
                 len(envelope.tags),
-                *(self._key(keys.tag_index(Kind.EVENTS, n, v)) for n, v in envelope.tags),
+                *(self._key(part.tag_index(Kind.EVENTS, n, v)) for n, v in envelope.tags),
                 len(fields),
                 *fields,
             ]
-        self.size += 1
-        return self.size - 1
+        return self._op(*words)
 
-    def ack(self, stream: str, group: str, entry_ids: Sequence[str]) -> None:
-        """Acknowledge entries of ``stream`` for consumer group ``group``."""
-        self._args += ["ACK", self._key(stream), group, len(entry_ids), *entry_ids]
-        self.size += 1
-
-    def delay(self, zset: str, due_ms: int, member: bytes) -> None:
-        """Schedule ``member`` (an encoded envelope) into a delayed set at ``due_ms``."""
+    def delay(self, zset: str, due_ms: int, member: bytes) -> int:
+        """Schedule ``member`` (a packed ``Delayed``) into a delayed set at ``due_ms``."""
         if self._foreign(zset):
-            sub = Batch()
+            sub = Commit()
             sub.delay(zset, due_ms, member)
-            self._to_outbox(sub, hashlib.blake2b(member, digest_size=16).hexdigest())
-            return
-        self._args += ["DELAY", self._key(zset), due_ms, member]
-        self.size += 1
+            return self._to_outbox(sub, hashlib.blake2b(member, digest_size=16).hexdigest())
+        return self._op("DELAY", self._key(zset), due_ms, member)
 
-    def status(
+    def dead_letter(
+        self, letter: DeadLetter, *, part: PartitionKeys | None = None, once_per_entry: bool = False
+    ) -> int:
+        """Put ``letter`` into the dead-letter stream of ``part`` (default: the input's).
+
+        ``once_per_entry``: bad input is bad for every concern reading its stream; each of
+        their bots acks it, but only the first writes the dead letter (keyed by the entry).
+        """
+        where = part or (self.input.part if self.input else None)
+        if where is None:
+            raise ConfigurationError("a dead letter needs a partition: pass part=")
+        if once_per_entry:
+            envelope = letter.envelope(object_id=letter.entry_key)
+            return self.put_at(where, DEAD, envelope, on_existing=OnExisting.SKIP)
+        return self.put_at(where, DEAD, letter.envelope())
+
+    # -- the input's handling ----------------------------------------------------------------
+
+    def settle(
         self,
-        status_hash: str,
-        history: str,
-        record: str,
-        status: str,
-        entry: bytes,
+        action: Action,
+        *,
+        details: str = "",
+        tags: Sequence[tuple[str, str]] = (),
+        actor: str = "",
+        started_ms: int = 0,
+        attempt: int = 0,
+        taken_over: bool = False,
+        record: tuple[PartitionKeys, Kind, str, str] | None = None,
+        allowed_from: Sequence[str] | None = None,
+        label: str = "",
+    ) -> None:
+        """Change a record's handling status, with a history entry; checked when it runs.
+
+        The record is the input's (for its concern) unless ``record`` names (partition, kind,
+        concern, record id). Refused with InvalidTransition if the stored status does not
+        allow ``action`` (see ``statuses.STORED_FROM``); the whole commit is then refused.
+        ``allowed_from`` replaces that table for a store of the framework's own (dead-letter
+        marks); ``label`` names the action in the refusal.
+        """
+        if action not in TRANSITIONS:
+            raise ConfigurationError(
+                f"{action.value} switches a whole stream, not a record; "
+                "use HandlingStore.disable_stream/enable_stream"
+            )
+        if record is None:
+            if self.input is None:
+                raise ConfigurationError("settle needs an input or record=(part, kind, ...)")
+            inp = self.input
+            record = (inp.part, inp.kind, inp.concern, inp.message_id)
+        part, kind, concern, record_id = record
+        to = TRANSITIONS[action][1]
+        entry = HistoryEntry(
+            now_ms(), to, action, details, as_tags(tags), actor, started_ms, attempt, taken_over
+        ).to_bytes()
+        allowed = _SORTED_FROM[action] if allowed_from is None else sorted(allowed_from)
+        self._op(
+            "SETTLE", self._key(part.handling_status(kind, concern)), record_id, to.value,
+            len(allowed), *allowed, entry,
+        )  # fmt: skip
+        self._context[record_id] = (concern, label or action.value)
+
+    def retry_later(self, due_ms: int, attempt: int) -> int:
+        """Park the input's envelope in its delayed set, for its concern only, as ``attempt``."""
+        inp = self.input
+        if inp is None or inp.envelope is None:
+            raise ConfigurationError("retry_later needs a decoded input")
+        member = Delayed(inp.kind.value, inp.envelope, attempt=attempt, concern=inp.concern)
+        return self.delay(inp.part.delayed(inp.kind), due_ms, member.pack())
+
+    def switch(
+        self,
+        part: PartitionKeys,
+        kind: Kind,
+        field: str,
+        value: str,
+        entry: HistoryEntry,
         *,
         allowed_from: Sequence[str] = (),
         concern: str = "",
-        action: str = "set status",
     ) -> None:
-        """Set a record's handling status (if its current one is allowed) and log history."""
-        self._args += [
-            "STATUS", self._key(status_hash), self._key(history), record, status,
-            len(allowed_from), *allowed_from, entry,
-        ]  # fmt: skip
-        self._status_context[record] = (concern, action)
-        self.size += 1
+        """Set a stream or record switch in the flags hash, logged; checked when it runs."""
+        self._op(
+            "SWITCH", self._key(part.handling_flags(kind)),
+            self._key(part.handling_flags_log(kind)), field, value, len(allowed_from),
+            *allowed_from, entry.to_bytes(),
+        )  # fmt: skip
+        self._context[field] = (concern, entry.action.value)
 
-    def delete(self, key: str) -> None:
-        """Delete a key."""
-        self._args += ["DEL", self._key(key)]
-        self.size += 1
+    # -- delayed entries and claims ----------------------------------------------------------
 
-    def zrem(self, zset: str, member: bytes | str) -> None:
-        """Remove a member from a sorted set."""
-        self._args += ["ZREM", self._key(zset), member]
-        self.size += 1
+    def move_due(self, part: PartitionKeys, kind: Kind, member: bytes) -> None:
+        """Take a due member from the delayed set of ``part``'s ``kind`` and put it (once).
 
-    def take(self, zset: str, member: bytes) -> None:
-        """Remove a member that must still be there; if another writer took it, fail with Gone."""
-        self._args += ["TAKE", self._key(zset), member]
-        self.size += 1
-
-    def owns(self, stream: str, group: str, consumer: str, entry_ids: Sequence[str]) -> None:
-        """Check that ``consumer`` still owns these pending entries, or write nothing.
-
-        Put it in every commit that acks a consumer-group entry: a bot whose entry was taken
-        over after the visibility timeout must not commit a second time.
+        Fails with Gone if another mover took it first. A member that is not a packed put is
+        dead-lettered with the reason instead of being lost or moved forever.
         """
-        self._args += ["OWNS", self._key(stream), group, consumer, len(entry_ids), *entry_ids]
-        self.size += 1
+        zset = part.delayed(kind)
+        self._op("TAKE", self._key(zset), member)
+        try:
+            parked = Delayed.unpack(member)
+            target = Kind(parked.kind)
+            strategy = OnExisting(parked.on_existing)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            letter = dead_letter(
+                reason=f"delayed member is not a packed put: {exc}",
+                stream=zset,
+                entry_id="",
+                raw={b"member": member},
+                error=exc,
+            )
+            self.dead_letter(letter, part=part)
+            return
+        extra: list[bytes | str | int] = []
+        if parked.attempt:
+            extra += [ATTEMPT_FIELD, parked.attempt]
+        if parked.concern:
+            extra += [CONCERN_FIELD, parked.concern]
+        self.put_at(part, target, parked.envelope, on_existing=strategy, keep=parked.keep,
+                    extra=extra)  # fmt: skip
 
     def touch(
         self, stream: str, group: str, consumer: str, entry_ids: Sequence[str], idle_ms: int = 0
-    ) -> None:
+    ) -> int:
         """Reset the idle time of entries ``consumer`` still owns (to ``idle_ms``).
 
         ``idle_ms=0`` keeps a long-running handler's claim past the visibility timeout; a
         huge ``idle_ms`` hands the entries to the next XAUTOCLAIM at once. Replies with the
         ids that were still owned.
         """
-        self._args += [
-            "TOUCH", self._key(stream), group, consumer, idle_ms, len(entry_ids), *entry_ids,
-        ]  # fmt: skip
-        self.size += 1
+        return self._op(
+            "TOUCH", self._key(stream), group, consumer, idle_ms, len(entry_ids), *entry_ids
+        )
 
-    @property
-    def keys(self) -> list[str]:
-        """Every key the batch touches, in KEYS order."""
-        return list(self._keys)
+    def delete(self, key: str) -> int:
+        """Delete a key."""
+        return self._op("DEL", self._key(key))
+
+    def zrem(self, zset: str, member: bytes | str) -> int:
+        """Remove a member from a sorted set."""
+        return self._op("ZREM", self._key(zset), member)
+
+    # -- running -----------------------------------------------------------------------------
 
     async def run(self, client: redis.asyncio.Redis) -> list[Any]:
-        """Apply the batch on an async client; one reply per op."""
-        try:
-            return list(await script("commit").run(client, self.keys, self._args))
-        except ResponseError as exc:
-            raise self._error(exc) from None
+        """Apply on an async client; its replies, one per intent, or the error it failed with."""
+        (result,) = await run_commits(client, [self])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def run_sync(self, client: redis.Redis) -> list[Any]:
-        """Apply the batch on a sync client; one reply per op."""
+        """Apply on a sync client (producers, CLIs)."""
         try:
-            return list(script("commit").run_sync(client, self.keys, self._args))
+            (reply,) = script("commit").run_sync(client, self.keys, self.args())
         except ResponseError as exc:
-            raise self._error(exc) from None
+            raise self.error(str(exc)) from None
+        result = self.result(reply)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def error(self, exc: ResponseError) -> Exception:
-        """The framework error a failed run of this batch means (ConcurrencyConflict...)."""
-        return self._error(exc)
+    def result(self, reply: Any) -> list[Any] | Exception:
+        """This commit's part of the script's reply: its replies, or the error it means."""
+        ok, value = reply
+        if int(ok):
+            return list(value)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return self.error(text)
 
-    def _error(self, exc: ResponseError) -> Exception:
-        text = str(exc)
+    def error(self, text: str) -> Exception:
+        """The framework error a refusal (or the server's error text) means."""
         # How servers word an ACL refusal: of a command, inside a script, of a key.
         if any(mark in text for mark in ("NOPERM", "ACL failure", "No permissions")):
             return PermissionDenied(
                 f"the server refused this commit for the connection's ACL user: {text}; "
-                "grant the user the keys its handlers declare (python -m streams acl)"
+                "grant the user the keys its handlers declare (streamcqrs acl MODULE:APP)"
             )
         words = text.split()
         # Servers may prefix script errors with their own text; find our code word.
         for at, word in enumerate(words):
             rest = words[at + 1 :]
             if word == "STATUS" and len(rest) >= 2:
-                concern, action = self._status_context.get(rest[0], ("", "set status"))
+                concern, action = self._context.get(rest[0], ("", "set status"))
                 return InvalidTransition(rest[0], concern, rest[1], action)
-            decode = _SCRIPT_ERRORS.get(word)
+            decode = _REFUSALS.get(word)
             if decode is not None and len(rest) >= decode[0]:
                 return decode[1](rest)
-        return StreamError(f"commit failed: {exc}")
+        return StreamError(f"commit failed: {text}")
 
 
-_SCRIPT_ERRORS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
+_SORTED_FROM = {action: sorted(allowed) for action, allowed in STORED_FROM.items()}
+"""STORED_FROM with each allowed-from set as a sorted list, as the script takes it."""
+
+_REFUSALS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
     "CONFLICT": (3, lambda r: ConcurrencyConflict(r[0], int(r[1]), int(r[2]))),
     "DUPLICATE": (2, lambda r: DuplicateRecord(
         f"a record with object id {r[0]!r} already exists (entry {r[1]}); "
@@ -296,77 +526,71 @@ _SCRIPT_ERRORS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
     "GONE": (0, lambda r: Gone("the delayed entry was already moved by another bot")),
     "NOTOWNER": (2, lambda r: NotOwner(r[0], r[1])),
 }  # fmt: skip
-"""Error code of commit.lua -> (operands it carries, the framework error it means)."""
+"""Refusal code of commit.lua -> (operands it carries, the framework error it means)."""
 
 
-def _packed(conn: Any, calls: list[tuple[Any, ...]]) -> bytes | list[bytes]:
-    """The wire bytes of ``calls``: hiredis's packer, else the connection's own."""
-    if _pack is not None:
-        try:
-            return b"".join(_pack(call) for call in calls)
-        except TypeError:  # an argument type hiredis does not take: redis-py packs it
-            pass
-    return list(conn.pack_commands(calls))
+def _slot_groups(commits: Sequence[Commit], by_slot: bool) -> list[list[int]]:
+    if not by_slot:
+        return [list(range(len(commits)))]
+    groups: dict[str, list[int]] = {}
+    for at, commit in enumerate(commits):
+        tag = hash_tag(commit.keys[0]) if commit.keys else ""
+        groups.setdefault(tag, []).append(at)
+    return list(groups.values())
 
 
-async def _send_all(client: redis.asyncio.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
-    """Send commands in one write on one pooled connection; each reply or its error, in order.
-
-    What a non-transactional pipeline does, without its per-command bookkeeping (about a
-    tenth of a bot's CPU per operation in the case-2 profile); hiredis packs the commands.
-    """
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_packed_command(_packed(conn, calls), False)
-        out: list[Any] = []
-        for _ in calls:
-            try:
-                out.append(await conn.read_response())
-            except ResponseError as exc:  # this call's error; the next replies still follow
-                out.append(exc)
-        return out
-    except BaseException:
-        # Mid-exchange (lost server, cancellation): replies may still be in flight, so this
-        # connection cannot serve another command.
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-
-
-async def run_many(
-    client: redis.asyncio.Redis, batches: Sequence[Batch]
+async def run_commits(
+    client: redis.asyncio.Redis, commits: Sequence[Commit], *, by_slot: bool = False
 ) -> list[list[Any] | Exception]:
-    """Run several batches in one network round trip, each its own atomic script call.
+    """Run commits in one network round trip: one script call (per slot with ``by_slot``).
 
-    Returns, per batch and in order, its replies or the error it failed with (one batch's
-    conflict does not stop the others). The bot commits many handlers' results this way.
+    Returns, per commit and in order, its replies or the error it failed with; one commit's
+    refusal does not stop the others. An error of a whole call (a lost connection, an ACL
+    refusal) is the result of each of its commits.
     """
-    if not batches:
+    if not commits:
         return []
-    commit = script("commit")
-    replies: list[Any] = [None] * len(batches)
-    todo = list(range(len(batches)))
+    commit_script = script("commit")
+    groups = _slot_groups(commits, by_slot)
+    out: list[list[Any] | Exception] = [StreamError("not run")] * len(commits)
+    todo = list(range(len(groups)))
     for _attempt in range(2):
-        calls = [
-            ("EVALSHA", commit.sha, len(batches[at].keys), *batches[at].keys, *batches[at]._args)
-            for at in todo
-        ]
-        for at, reply in zip(todo, await _send_all(client, calls), strict=True):
-            replies[at] = reply
-        # A restarted or flushed script cache: NOSCRIPT means that call did nothing, so
-        # load the script once and run just those again.
-        todo = [at for at in todo if isinstance(replies[at], NoScriptError)]
-        if not todo:
+        calls = []
+        for g in todo:
+            keys: dict[str, None] = {}
+            args: list[Any] = []
+            for at in groups[g]:
+                keys.update(dict.fromkeys(commits[at].keys))
+                args += commits[at].args()
+            calls.append(("EVALSHA", commit_script.sha, len(keys), *keys, *args))
+        replies = await send_all(client, calls)
+        retry = []
+        for g, reply in zip(todo, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                retry.append(g)  # a restarted or flushed script cache: that call did nothing
+                continue
+            for n, at in enumerate(groups[g]):
+                if isinstance(reply, ResponseError):
+                    out[at] = commits[at].error(str(reply))
+                elif isinstance(reply, Exception):
+                    out[at] = reply
+                else:
+                    out[at] = commits[at].result(reply[n])
+        if not retry:
             break
-        await client.script_load(commit.source)
-    out: list[list[Any] | Exception] = []
-    for batch, reply in zip(batches, replies, strict=True):
-        if isinstance(reply, ResponseError):
-            out.append(batch.error(reply))
-        elif isinstance(reply, Exception):
-            out.append(reply)
-        else:
-            out.append(list(reply))
+        await client.script_load(commit_script.source)
+        todo = retry
     return out
+
+
+__all__ = [
+    "ATTEMPT_FIELD",
+    "CONCERN_FIELD",
+    "Commit",
+    "Input",
+    "OnExisting",
+    "hash_tag",
+    "pack_event",
+    "run_commits",
+    "unpack_event",
+]

@@ -25,10 +25,10 @@ from pydantic import ValidationError
 
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import message
-from streamcqrs.streams.commit import Batch, OnExisting
-from streamcqrs.streams.envelope import Envelope, as_str, entries, now_ms, parse
+from streamcqrs.streams._ids import now_ms
+from streamcqrs.streams.envelope import Envelope, as_str, entries, parse
 from streamcqrs.streams.errors import DecodeError
-from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 
 TYPE_NAME = "streamcqrs.DeadLetter"
 KIND = Kind.DEAD_LETTERS
@@ -106,22 +106,6 @@ def dead_letter(
     )
 
 
-def add_dead_letter(
-    batch: Batch, keys: PartitionKeys, letter: DeadLetter, *, once_per_entry: bool = False
-) -> None:
-    """Put ``letter`` into partition ``keys``'s dead-letter stream as part of ``batch``.
-
-    ``once_per_entry``: bad input is bad for every concern reading the stream; each of their
-    bots acks it, but only the first writes the dead letter (the others' puts are skipped,
-    keyed by ``entry_key``).
-    """
-    if once_per_entry:
-        envelope = letter.envelope(object_id=letter.entry_key)
-        batch.put(keys, KIND, envelope, on_existing=OnExisting.SKIP)
-    else:
-        batch.put(keys, KIND, letter.envelope())
-
-
 @dataclass(frozen=True, slots=True)
 class StoredDeadLetter:
     """A dead letter as read back: where it is stored, and what it says."""
@@ -172,7 +156,6 @@ def read_dead_letters_sync(
 __all__ = [
     "DeadLetter",
     "StoredDeadLetter",
-    "add_dead_letter",
     "dead_letter",
     "decode_dead_letter",
     "read_dead_letters",

@@ -2,7 +2,8 @@
 
 The envelope and its put options are packed into one msgpack member of the partition's
 delayed sorted set, scored by the due time in ms. A mover (the bot runtime) takes due members
-and puts them into the stream; ``Batch.take`` makes sure only one mover ever moves a member.
+and puts them into the stream (``Commit.move_due``): the take fails if another mover took the
+member first, so a member is moved exactly once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import msgpack
 
-from streamcqrs.streams.commit import OnExisting
 from streamcqrs.streams.envelope import Envelope
 
 
@@ -21,7 +21,8 @@ class Delayed:
 
     kind: str
     envelope: Envelope
-    on_existing: OnExisting = OnExisting.WRITE
+    on_existing: str = "write"
+    """An ``OnExisting`` value (kept as text: this codec sits below the commit module)."""
     keep: int = 1
     attempt: int = 0
     """A retry's attempt number (0: not a retry); the mover writes it beside the envelope."""
@@ -34,7 +35,7 @@ class Delayed:
         fields = [
             self.kind, e.type, e.payload, e.schema, e.object_id, e.message_id,
             e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
-            e.fmt, self.on_existing.value, self.keep,
+            e.fmt, str(self.on_existing), self.keep,
         ]  # fmt: skip
         if self.attempt or self.concern:
             fields += [self.attempt, self.concern]
@@ -53,4 +54,4 @@ class Delayed:
             correlation_id=corr, causation_id=cause, created_at=at,
             tags=tuple((n, v) for n, v in tags), fmt=fmt,
         )  # fmt: skip
-        return cls(kind, envelope, OnExisting(on_existing), keep, attempt, concern)
+        return cls(kind, envelope, str(on_existing), keep, attempt, concern)

@@ -19,7 +19,6 @@ An entry's fields (names kept short but readable in ``redis-cli XRANGE``):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -32,6 +31,7 @@ from streamcqrs.domain.errors import RegistryError, UnknownMessageType
 from streamcqrs.domain.ids import new_message_id
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams.errors import DecodeError, EncodeError
 
 Tags = tuple[tuple[str, str], ...]
@@ -39,11 +39,6 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 """One stream entry as XRANGE/XREAD return it on a client without decode_responses."""
 MSGPACK = b"m"
 JSON = b"j"
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch, the unit of stream ids and of ``at``."""
-    return time.time_ns() // 1_000_000
 
 
 def as_tags(tags: Iterable[tuple[str, str]] | Mapping[str, str] | None) -> Tags:
@@ -84,6 +79,15 @@ class Envelope:
             "fmt", self.fmt,
             "data", self.payload,
         ]  # fmt: skip
+
+    def entry(self) -> dict[bytes, bytes]:
+        """The fields as a stream entry holds them, as XRANGE returns them."""
+        flat = self.fields()
+        return {_bytes(flat[k]): _bytes(flat[k + 1]) for k in range(0, len(flat), 2)}
+
+
+def _bytes(value: bytes | str | int) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 MAX_PAYLOAD_BYTES = 1 << 20

@@ -3,167 +3,56 @@
 Naos keeps "has this record been handled, by whom, how did it go" beside a stream, not in it:
 a consumer reads the stream and writes only here. Each record has, per concern, a ``Status``
 and an append-only history of ``HistoryEntry`` (time, status, action, details, tags, actor).
-A status changes only along ``TRANSITIONS``; anything else is refused with
+A status changes only along the transition table; anything else is refused with
 ``InvalidTransition`` naming the current status, and writes nothing.
 
-Where things live (all in the record's partition, so one script touches one slot): the status
-in ``keys.handling_status(kind, concern)`` (a hash, record -> status), the history in
-``keys.handling_history(kind, concern, record)`` (a list), and two kinds of switch in
-``keys.handling_flags(kind)``: ``stream:<concern>`` (the stream is disabled for a concern: a
-claim is BLOCKED) and ``<record>`` (the record is disabled for every concern: a claim is
-SKIPPED). Switch changes are logged in a list beside the flags (``flags_log``). While a
-record's flag is set every concern reports it DisabledForRecord; the concern it was disabled
-through also stores that status (so its transitions are refused naming it), and enabling it
-through any concern clears both.
+Where things live (all in the record's partition, so one script touches one slot): per
+(kind, concern) one hash, record -> ``<status>|<history>`` (``statuses.decode_stored``), so a
+record costs one hash field, not keys of its own; and per kind the switches in
+``keys.handling_flags(kind)``: ``stream:<concern>`` (the stream is disabled for a concern:
+bots leave its entries pending) and ``<record>`` (the record is disabled for every concern:
+bots skip it), each change logged in ``keys.handling_flags_log(kind)``. While a record's flag
+is set every concern reports it DisabledForRecord; the concern it was disabled through also
+stores that status, and enabling it through any concern clears both.
+
+Bots do not store Running: the consumer group's pending entry says who handles a record, so
+their outcome (complete, retry, self-cancel, fail) is the one status write of an attempt, made
+in the commit that acks the input; its history entry keeps when the attempt started.
 
 A record is a message id; it lives in the partition of its object id (or of its message id
-when it has none), the same partition a put wrote it to. Message ids are hex, so a record's
-flag field never collides with a ``stream:`` one.
+when it has none), the same partition a put wrote it to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio
-from redis.exceptions import ResponseError
 
-from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.registry import TypeRegistry, registry
-from streamcqrs.streams.commit import Batch
-from streamcqrs.streams.envelope import Entry, Record, as_str, as_tags, now_ms, to_record
-from streamcqrs.streams.errors import DecodeError, InvalidTransition
-from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
-from streamcqrs.streams.scripts import script
+from streamcqrs.streams._ids import MAX_ID, now_ms
+from streamcqrs.streams.commit import Commit
+from streamcqrs.streams.envelope import Entry, as_str, as_tags
+from streamcqrs.streams.errors import InvalidTransition
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, check_concern
 from streamcqrs.streams.statuses import (
     CLAIMABLE,
-    DONE,
     STREAM_SWITCH,
     TRANSITIONS,
     Action,
     Composite,
     HistoryEntry,
     Status,
+    decode_stored,
 )
-from streamcqrs.streams.stream import MAX_ID
-
-
-def flags_log(keys: PartitionKeys, kind: Kind) -> str:
-    """List beside the flags hash: history of stream and record switches (who, when, why)."""
-    return f"{keys.handling_flags(kind)}:log"
-
-
-def stream_flag(concern: str) -> str:
-    """The flags-hash field of a concern's stream switch."""
-    return f"stream:{concern}"
-
-
-_SORTED_TRANSITIONS = {
-    action: (sorted(allowed), to) for action, (allowed, to) in TRANSITIONS.items()
-}
-"""TRANSITIONS with each allowed-from set as a sorted list, as the commit script takes it."""
-
-
-def transition(  # noqa: PLR0917 - positional order is the bots' contract
-    batch: Batch,
-    keys: PartitionKeys,
-    kind: Kind,
-    concern: str,
-    record: str,
-    action: Action,
-    *,
-    details: str = "",
-    tags: Sequence[tuple[str, str]] = (),
-    actor: str = "",
-    at_ms: int | None = None,
-) -> None:
-    """Add ``record``'s status change to ``batch``, checked against ``TRANSITIONS`` when it runs.
-
-    ``record`` is the message id and ``keys`` its partition. A bot puts COMPLETE, FAIL, RETRY
-    or SELF_CANCEL into the commit that writes its outputs and acks its input, so the status
-    changes with them or not at all. This checks the concern's status only; the stream and
-    record switches are honoured by ``HandlingStore.claim``.
-    """
-    if action not in TRANSITIONS:
-        raise ConfigurationError(
-            f"{action.value} switches a whole stream, not a record; "
-            "use HandlingStore.disable_stream/enable_stream"
-        )
-    allowed, to = _SORTED_TRANSITIONS[action]
-    at = now_ms() if at_ms is None else at_ms
-    entry = HistoryEntry(at, to, action, details, as_tags(tags), actor).to_bytes()
-    batch.status(
-        keys.handling_status(kind, concern),
-        keys.handling_history(kind, concern, record),
-        record,
-        to.value,
-        entry,
-        allowed_from=allowed,
-        concern=concern,
-        action=action.value,
-    )
-    if action in (Action.DISABLE_RECORD, Action.ENABLE_RECORD):
-        # The record-wide flag makes claims of every other concern skip the record too. A
-        # record another concern disabled is DisabledForRecord here too: not disabled twice.
-        once = [Status.AVAILABLE_BY_DEFAULT.value] if action is Action.DISABLE_RECORD else []
-        _flag_change(batch, keys, kind, concern, record, action, at, details, tags, actor, once)
-
-
-def _flag_change(  # noqa: PLR0917 - internal, mirrors transition()
-    batch: Batch,
-    keys: PartitionKeys,
-    kind: Kind,
-    concern: str,
-    record: str,
-    action: Action,
-    at: int,
-    details: str,
-    tags: Sequence[tuple[str, str]],
-    actor: str,
-    allowed_from: Sequence[str] = (),
-) -> None:
-    """Set a record's disable flag, logged with the concern and record as tags."""
-    to = TRANSITIONS[action][1]
-    where = (("concern", concern), ("record", record))
-    logged = HistoryEntry(at, to, action, details, (*as_tags(tags), *where), actor)
-    batch.status(
-        keys.handling_flags(kind), flags_log(keys, kind), record, to.value, logged.to_bytes(),
-        allowed_from=allowed_from, concern=concern, action=action.value,
-    )  # fmt: skip
-
-
-class Claim(StrEnum):
-    """The outcome of claiming one record."""
-
-    CLAIMED = "CLAIMED"  # now Running for the claimer
-    SKIPPED = "SKIPPED"  # not claimable (Completed, Running elsewhere, DisabledForRecord...)
-    BLOCKED = "BLOCKED"  # the stream is disabled for the concern
-
-
-@dataclass(frozen=True, slots=True)
-class TryHandle:
-    """What ``try_handle`` got: records now Running for the caller, or the stream blocked.
-
-    Claimed entries stay pending in the consumer group: the caller acks each in the commit
-    that records its outcome. Skipped entries were acked. ``invalid`` entries (undecodable)
-    and blocked ones stay pending for the dead-letter path or a later take-over.
-    """
-
-    records: tuple[Record, ...] = ()
-    blocked: bool = False
-    skipped: tuple[tuple[str, Status], ...] = ()  # (message id, its status)
-    invalid: tuple[DecodeError, ...] = ()
-
 
 RecordRef = str | tuple[str, str]
 """A record as a message id, or (message id, object id) when it was put with an object id."""
 
 
 class HandlingStore:
-    """Claims and status changes of one (subsystem, stream kind, concern)."""
+    """Status changes and queries of one (subsystem, stream kind, concern)."""
 
     def __init__(
         self,
@@ -174,107 +63,14 @@ class HandlingStore:
         *,
         types: TypeRegistry = registry,
     ) -> None:
-        if not concern or any(c in concern for c in "{}: \n"):
-            raise ConfigurationError(
-                f"concern {concern!r} must be non-empty and contain no braces, colons or spaces"
-            )
         self.client = client
         self.keys = keys
         self.kind = kind
-        self.concern = concern
+        self.concern = check_concern(concern)
         self.types = types
 
     def _part(self, record: str, object_id: str | None = None) -> PartitionKeys:
         return self.keys.for_object(object_id or record)
-
-    # -- claims ------------------------------------------------------------------------------
-
-    async def claim(
-        self, records: Sequence[tuple[str, str]], *, actor: str = "", reclaim: bool = False
-    ) -> list[tuple[Claim, Status]]:
-        """Claim (message id, object id or "") records: one atomic round trip per partition.
-
-        Per record: BLOCKED if the stream is disabled for the concern, SKIPPED (with the
-        status) if the record is disabled or its status is not claimable, else CLAIMED:
-        Running, with a history entry. ``reclaim`` also claims Running records (a take-over).
-        """
-        at = now_ms()
-        by_part: dict[int, list[int]] = {}
-        parts: dict[int, PartitionKeys] = {}
-        for index, (record, object_id) in enumerate(records):
-            part = self._part(record, object_id)
-            parts[part.partition] = part
-            by_part.setdefault(part.partition, []).append(index)
-        claim_entry = HistoryEntry(at, Status.RUNNING, Action.CLAIM, actor=actor).to_bytes()
-        reclaim_entry = HistoryEntry(at, Status.RUNNING, Action.RECLAIM, actor=actor).to_bytes()
-        out: list[tuple[Claim, Status]] = [(Claim.SKIPPED, Status.AVAILABLE_BY_DEFAULT)] * len(
-            records
-        )
-        for number, indexes in by_part.items():
-            part = parts[number]
-            keys = [part.handling_status(self.kind, self.concern), part.handling_flags(self.kind)]
-            args: list[Any] = [self.concern, "1" if reclaim else "0", len(CLAIMABLE)]
-            args += sorted(CLAIMABLE)
-            for index in indexes:
-                record = records[index][0]
-                keys.append(part.handling_history(self.kind, self.concern, record))
-                args += [record, claim_entry, reclaim_entry]
-            replies = await script("claim").run(self.client, keys, args)
-            for index, (outcome, status) in zip(indexes, replies, strict=True):
-                out[index] = (Claim(as_str(outcome)), Status(as_str(status)))
-        return out
-
-    async def try_handle(
-        self, group: str, consumer: str, *, count: int = 1, block_ms: int | None = None
-    ) -> TryHandle:
-        """Read new entries as ``consumer`` of ``group`` and claim them (Naos's TryHandle).
-
-        Reads up to ``count`` entries per partition with XREADGROUP (creating the group at
-        the start of the stream if missing), claims them, acks the ones skipped, and returns
-        the claimed records decoded. A disabled stream returns ``blocked`` without reading.
-        """
-        if await self.stream_disabled():
-            return TryHandle(blocked=True)
-        streams: dict[Any, Any] = {p.stream(self.kind): ">" for p in self.keys.all()}
-        try:
-            reply = await self.client.xreadgroup(group, consumer, streams, count, block_ms)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self._create_group(group)
-            reply = await self.client.xreadgroup(group, consumer, streams, count, block_ms)
-        found: list[Record] = []
-        invalid: list[DecodeError] = []
-        for key, batch in cast(list[tuple[bytes, list[Entry]]], reply or []):
-            for entry_id, raw in batch:
-                try:
-                    found.append(to_record(as_str(key), entry_id, raw, self.types))
-                except DecodeError as exc:
-                    invalid.append(exc)
-        results = await self.claim(
-            [(r.envelope.message_id, r.object_id) for r in found], actor=consumer
-        )
-        claimed, skipped, blocked = [], [], False
-        to_ack: dict[str, list[str]] = {}
-        for record, (outcome, status) in zip(found, results, strict=True):
-            if outcome is Claim.CLAIMED:
-                claimed.append(record)
-            elif outcome is Claim.BLOCKED:
-                blocked = True  # left pending: handled once the stream is enabled again
-            else:
-                skipped.append((record.envelope.message_id, status))
-                to_ack.setdefault(record.stream, []).append(record.entry_id)
-        for stream, entry_ids in to_ack.items():
-            await self.client.xack(stream, group, *entry_ids)
-        return TryHandle(tuple(claimed), blocked, tuple(skipped), tuple(invalid))
-
-    async def _create_group(self, group: str) -> None:
-        for part in self.keys.all():
-            try:
-                await self.client.xgroup_create(part.stream(self.kind), group, "0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):  # another claimer created it first
-                    raise
 
     # -- status changes ----------------------------------------------------------------------
 
@@ -288,55 +84,134 @@ class HandlingStore:
         tags: Sequence[tuple[str, str]] = (),
         actor: str = "",
     ) -> None:
-        """Apply one record action on its own (a one-op commit); InvalidTransition if refused."""
-        batch = Batch()
+        """Apply one record action on its own (a one-intent commit); InvalidTransition if refused.
+
+        Sent twice (redis-py re-sends a command after a dropped connection), the second run
+        recognises its own history entry and succeeds without writing again.
+        """
+        commit = Commit()
         part = self._part(record, object_id)
-        transition(batch, part, self.kind, self.concern, record, action,
-                   details=details, tags=tags, actor=actor)  # fmt: skip
-        await batch.run(self.client)
+        if action in (Action.DISABLE_RECORD, Action.ENABLE_RECORD):
+            # The record-wide flag makes every other concern's bots skip the record too. A
+            # record another concern disabled is DisabledForRecord here too: not disabled twice.
+            once = [Status.AVAILABLE_BY_DEFAULT.value] if action is Action.DISABLE_RECORD else []
+            self._flag(commit, part, record, action, details, tags, actor, once)
+        commit.settle(action, details=details, tags=tags, actor=actor,
+                      record=(part, self.kind, self.concern, record))  # fmt: skip
+        await commit.run(self.client)
 
-    async def complete(self, record: str, **kw: Any) -> None:
-        """Running -> Completed."""
-        await self.apply(record, Action.COMPLETE, **kw)
+    async def complete(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """-> Completed: the record is handled."""
+        await self.apply(
+            record, Action.COMPLETE, object_id=object_id, details=details, tags=tags, actor=actor
+        )
 
-    async def fail(self, record: str, details: str = "", **kw: Any) -> None:
-        """Running -> Failed, with what went wrong in ``details``."""
-        await self.apply(record, Action.FAIL, details=details, **kw)
+    async def fail(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """-> Failed, with what went wrong in ``details``."""
+        await self.apply(
+            record, Action.FAIL, object_id=object_id, details=details, tags=tags, actor=actor
+        )
 
-    async def retry(self, record: str, **kw: Any) -> None:
-        """Running -> AvailableAfterFailure: an attempt failed and will be tried again."""
-        await self.apply(record, Action.RETRY, **kw)
+    async def retry(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """-> AvailableAfterFailure: an attempt failed and will be tried again."""
+        await self.apply(
+            record, Action.RETRY, object_id=object_id, details=details, tags=tags, actor=actor
+        )
 
-    async def self_cancel(self, record: str, **kw: Any) -> None:
-        """Running -> AvailableAfterSelfCancellation: the handler gave it back (not yet)."""
-        await self.apply(record, Action.SELF_CANCEL, **kw)
+    async def self_cancel(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """-> AvailableAfterSelfCancellation: the handler gave it back (not yet)."""
+        await self.apply(
+            record, Action.SELF_CANCEL, object_id=object_id, details=details, tags=tags, actor=actor
+        )
 
-    async def external_cancel(self, record: str, **kw: Any) -> None:
-        """Running -> AvailableAfterExternalCancellation: an operator took it back."""
-        await self.apply(record, Action.EXTERNAL_CANCEL, **kw)
+    async def external_cancel(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """-> AvailableAfterExternalCancellation: an operator took it back."""
+        await self.apply(
+            record,
+            Action.EXTERNAL_CANCEL,
+            object_id=object_id,
+            details=details,
+            tags=tags,
+            actor=actor,
+        )
 
-    async def reset_failed(self, record: str, **kw: Any) -> None:
+    async def reset_failed(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
         """Failed -> AvailableAfterFailure: handle it again."""
-        await self.apply(record, Action.RESET_FAILED, **kw)
+        await self.apply(
+            record,
+            Action.RESET_FAILED,
+            object_id=object_id,
+            details=details,
+            tags=tags,
+            actor=actor,
+        )
 
-    async def reset_completed(self, record: str, **kw: Any) -> None:
+    async def reset_completed(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
         """Completed -> AvailableAfterCompletion: handle it again."""
-        await self.apply(record, Action.RESET_COMPLETED, **kw)
+        await self.apply(
+            record,
+            Action.RESET_COMPLETED,
+            object_id=object_id,
+            details=details,
+            tags=tags,
+            actor=actor,
+        )
 
-    async def archive_failure(self, record: str, **kw: Any) -> None:
+    async def archive_failure(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
         """Failed -> ArchivedAfterFailure: give up on it, keeping the record of why."""
-        await self.apply(record, Action.ARCHIVE_FAILURE, **kw)
+        await self.apply(
+            record,
+            Action.ARCHIVE_FAILURE,
+            object_id=object_id,
+            details=details,
+            tags=tags,
+            actor=actor,
+        )
 
-    async def disable_record(self, record: str, **kw: Any) -> None:
-        """Stop handling this record, for every concern (claims skip it)."""
-        await self.apply(record, Action.DISABLE_RECORD, **kw)
+    async def disable_record(
+        self, record: str, details: str = "", *, object_id: str | None = None,
+        tags: Sequence[tuple[str, str]] = (), actor: str = "",
+    ) -> None:  # fmt: skip
+        """Stop handling this record, for every concern (bots skip it)."""
+        await self.apply(
+            record,
+            Action.DISABLE_RECORD,
+            object_id=object_id,
+            details=details,
+            tags=tags,
+            actor=actor,
+        )
 
     async def enable_record(
         self,
         record: str,
+        details: str = "",
         *,
         object_id: str | None = None,
-        details: str = "",
         tags: Sequence[tuple[str, str]] = (),
         actor: str = "",
     ) -> None:
@@ -353,30 +228,40 @@ class HandlingStore:
             await self.apply(record, Action.ENABLE_RECORD, object_id=object_id, details=details,
                              tags=tags, actor=actor)  # fmt: skip
             return
-        at = now_ms()
-        entry = HistoryEntry(at, Status.AVAILABLE_BY_DEFAULT, Action.ENABLE_RECORD, details,
-                             as_tags(tags), actor).to_bytes()  # fmt: skip
-        batch = Batch()
+        commit = Commit()
         for concern in sorted({self.concern} | await self._disabled_by(part, record)):
-            status = part.handling_status(self.kind, concern)
-            stored = await self.client.hget(status, record)
-            if stored is not None and as_str(stored) == Status.DISABLED_FOR_RECORD:
-                batch.status(
-                    status, part.handling_history(self.kind, concern, record),
-                    record, Status.AVAILABLE_BY_DEFAULT.value, entry,
-                    allowed_from=[Status.DISABLED_FOR_RECORD.value], concern=concern,
-                    action=Action.ENABLE_RECORD.value,
-                )  # fmt: skip
+            stored = await self.client.hget(part.handling_status(self.kind, concern), record)
+            if decode_stored(stored)[0] is Status.DISABLED_FOR_RECORD:
+                commit.settle(Action.ENABLE_RECORD, details=details, tags=tags, actor=actor,
+                              record=(part, self.kind, concern, record))  # fmt: skip
         # Checked: of two concurrent enables, one commits and the other is refused.
-        _flag_change(batch, part, self.kind, self.concern, record, Action.ENABLE_RECORD, at,
-                     details, tags, actor, [Status.DISABLED_FOR_RECORD.value])  # fmt: skip
-        await batch.run(self.client)
+        self._flag(commit, part, record, Action.ENABLE_RECORD, details, tags, actor,
+                   [Status.DISABLED_FOR_RECORD.value])  # fmt: skip
+        await commit.run(self.client)
 
-    async def _disabled_by(self, keys: PartitionKeys, record: str) -> set[str]:
+    def _flag(  # noqa: PLR0917 - internal, mirrors apply()
+        self,
+        commit: Commit,
+        part: PartitionKeys,
+        record: str,
+        action: Action,
+        details: str,
+        tags: Sequence[tuple[str, str]],
+        actor: str,
+        allowed_from: Sequence[str],
+    ) -> None:
+        """Set or clear a record's disable flag, logged with the concern and record as tags."""
+        to = TRANSITIONS[action][1]
+        where = (("concern", self.concern), ("record", record))
+        entry = HistoryEntry(now_ms(), to, action, details, (*as_tags(tags), *where), actor)
+        commit.switch(part, self.kind, record, to.value, entry, allowed_from=allowed_from,
+                      concern=self.concern)  # fmt: skip
+
+    async def _disabled_by(self, part: PartitionKeys, record: str) -> set[str]:
         """The concerns that disabled ``record``, from the partition's switch log."""
-        raw = cast(list[bytes], await self.client.lrange(flags_log(keys, self.kind), 0, -1))
+        log = part.handling_flags_log(self.kind)
         concerns = set()
-        for each in raw:
+        for each in cast(list[bytes], await self.client.lrange(log, 0, -1)):
             entry = HistoryEntry.from_bytes(each)
             tags = dict(entry.tags)
             if entry.action is Action.DISABLE_RECORD and tags.get("record") == record:
@@ -384,7 +269,7 @@ class HandlingStore:
         return concerns - {""}
 
     async def disable_stream(self, *, details: str = "", actor: str = "") -> None:
-        """Stop handling the whole stream for this concern: claims report BLOCKED."""
+        """Stop handling the whole stream for this concern: bots leave its entries pending."""
         await self._switch(Action.DISABLE_STREAM, details, actor)
 
     async def enable_stream(self, *, details: str = "", actor: str = "") -> None:
@@ -396,18 +281,14 @@ class HandlingStore:
         # left as it is, so a switch cut short by a crash completes when run again; it is
         # refused only when every partition was already switched.
         allowed, to = STREAM_SWITCH[action]
-        tags = (("concern", self.concern),)
-        entry = HistoryEntry(now_ms(), to, action, details, tags, actor).to_bytes()
+        entry = HistoryEntry(now_ms(), to, action, details, (("concern", self.concern),), actor)
         refused: list[InvalidTransition] = []
         for part in self.keys.all():
-            batch = Batch()
-            batch.status(
-                part.handling_flags(self.kind), flags_log(part, self.kind),
-                stream_flag(self.concern), to.value, entry, allowed_from=sorted(allowed),
-                concern=self.concern, action=action.value,
-            )  # fmt: skip
+            commit = Commit()
+            commit.switch(part, self.kind, part.stream_switch(self.concern), to.value, entry,
+                          allowed_from=sorted(allowed), concern=self.concern)  # fmt: skip
             try:
-                await batch.run(self.client)
+                await commit.run(self.client)
             except InvalidTransition as exc:
                 refused.append(exc)
         if len(refused) == self.keys.partitions:
@@ -418,28 +299,38 @@ class HandlingStore:
     async def stream_disabled(self) -> bool:
         """True if the stream is disabled for this concern (in any partition)."""
         for part in self.keys.all():
-            flag = await self.client.hget(part.handling_flags(self.kind), stream_flag(self.concern))
+            switch = part.stream_switch(self.concern)
+            flag = await self.client.hget(part.handling_flags(self.kind), switch)
             if flag is not None and as_str(flag) == Status.DISABLED_FOR_STREAM:
                 return True
         return False
 
     async def status(self, record: str, object_id: str | None = None) -> Status:
-        """The record's status as a claim sees it: a disabled record or stream shows as such."""
+        """The record's stored status as bots see it: a disabled record or stream shows as such.
+
+        Running is not stored (see the module docstring): a record being handled shows its
+        claimable status here; ``streams.client`` derives Running from the consumer group.
+        """
         return (await self._statuses([(record, object_id or record)]))[0]
 
     async def history(self, record: str, object_id: str | None = None) -> list[HistoryEntry]:
-        """The record's history for this concern, oldest first."""
+        """The record's history for this concern, oldest first, as Naos logs it.
+
+        An outcome written by a bot also gives the claim that started its attempt.
+        """
         part = self._part(record, object_id)
-        key = part.handling_history(self.kind, self.concern, record)
-        raw = cast(list[bytes], await self.client.lrange(key, 0, -1))
-        return [HistoryEntry.from_bytes(each) for each in raw]
+        stored = await self.client.hget(part.handling_status(self.kind, self.concern), record)
+        return [step for entry in decode_stored(stored)[1] for step in entry.steps()]
 
     async def switch_history(self) -> list[HistoryEntry]:
         """Every stream and record switch change of this stream kind (all concerns), by time."""
         out: list[HistoryEntry] = []
         for part in self.keys.all():
-            raw = cast(list[bytes], await self.client.lrange(flags_log(part, self.kind), 0, -1))
-            out += [HistoryEntry.from_bytes(each) for each in raw]
+            log = part.handling_flags_log(self.kind)
+            out += [
+                HistoryEntry.from_bytes(each)
+                for each in cast(list[bytes], await self.client.lrange(log, 0, -1))
+            ]
         # A stream switch is logged once per partition: list each change once.
         return sorted(dict.fromkeys(out), key=lambda e: e.at_ms)
 
@@ -478,11 +369,11 @@ class HandlingStore:
             records = [pairs[i][0] for i in indexes]
             pipe = self.client.pipeline(transaction=False)
             pipe.hmget(part.handling_status(self.kind, self.concern), records)
-            pipe.hmget(part.handling_flags(self.kind), [stream_flag(self.concern), *records])
+            pipe.hmget(part.handling_flags(self.kind), [part.stream_switch(self.concern), *records])
             stored, (stream, *flags) = await pipe.execute()
             paused = stream is not None and as_str(stream) == Status.DISABLED_FOR_STREAM
-            for index, status, flag in zip(indexes, stored, flags, strict=True):
-                current = Status(as_str(status or Status.AVAILABLE_BY_DEFAULT.value))
+            for index, value, flag in zip(indexes, stored, flags, strict=True):
+                current = decode_stored(value)[0]
                 if flag is not None and as_str(flag) == Status.DISABLED_FOR_RECORD:
                     current = Status.DISABLED_FOR_RECORD
                 elif paused and current in CLAIMABLE:
@@ -491,18 +382,4 @@ class HandlingStore:
         return out
 
 
-__all__ = [
-    "CLAIMABLE",
-    "DONE",
-    "STREAM_SWITCH",
-    "TRANSITIONS",
-    "Action",
-    "Claim",
-    "Composite",
-    "HandlingStore",
-    "HistoryEntry",
-    "RecordRef",
-    "Status",
-    "TryHandle",
-    "transition",
-]
+__all__ = ["HandlingStore", "RecordRef"]

@@ -82,39 +82,40 @@ class PartitionKeys:
             raise ConfigurationError(f"tag name {name!r} must be non-empty and contain no '='")
         return f"{self.tag}:{kind}:tag:{name}={value}"
 
+    def recent_puts(self, kind: Kind, minute: int) -> str:
+        """Hash: message id -> entry id of the standalone puts of one minute (expires).
+
+        How a put re-sent after a lost reply knows it was written already.
+        """
+        return f"{self.tag}:{kind}:recent:{minute}"
+
     def sequence(self, kind: Kind) -> str:
         """Counter behind ``next_id`` (only partition 0's is used)."""
         return f"{self.tag}:{kind}:seq"
 
     def aggregate(self, aggregate_id: str) -> str:
-        """One aggregate's own event stream."""
+        """One aggregate's own list of events (packed), behind an optional compaction header."""
         return f"{self.tag}:agg:{aggregate_id}"
-
-    def aggregate_message_ids(self, aggregate_id: str) -> str:
-        """Hash: message id -> entry id of one aggregate's events, for append de-duplication."""
-        # Not under "agg:": an aggregate named "x:ids" would share this key with x's ids.
-        return f"{self.tag}:agg-ids:{aggregate_id}"
-
-    @property
-    def versions(self) -> str:
-        """Hash: aggregate id -> current version."""
-        return f"{self.tag}:versions"
 
     def delayed(self, kind: Kind) -> str:
         """Sorted set of envelopes due later, scored by due time (ms)."""
         return f"{self.tag}:{kind}:delayed"
 
     def handling_status(self, kind: Kind, concern: str) -> str:
-        """Hash: record id -> current handling status for one concern."""
+        """Hash: record id -> its handling status for one concern, then its history."""
         return f"{self.tag}:{kind}:handling:{check_concern(concern)}:status"
-
-    def handling_history(self, kind: Kind, concern: str, record: str) -> str:
-        """List: one record's append-only handling history for one concern."""
-        return f"{self.tag}:{kind}:handling:{check_concern(concern)}:history:{record}"
 
     def handling_flags(self, kind: Kind) -> str:
         """Hash of stream-wide switches (disabled concerns) and per-record disables."""
         return f"{self.tag}:{kind}:handling:flags"
+
+    def handling_flags_log(self, kind: Kind) -> str:
+        """List beside the flags: every stream and record switch change (who, when, why)."""
+        return f"{self.tag}:{kind}:handling:flags:log"
+
+    def stream_switch(self, concern: str) -> str:
+        """The flags-hash field of a concern's stream switch."""
+        return f"stream:{check_concern(concern)}"
 
     @property
     def outbox(self) -> str:

@@ -99,9 +99,35 @@ DONE = frozenset({Status.COMPLETED, Status.ARCHIVED_AFTER_FAILURE, Status.DISABL
 awaits a reset or an archive); DisabledForStream is a pause, not an end."""
 
 
+_BOT_OUTCOMES = (
+    Action.COMPLETE,
+    Action.FAIL,
+    Action.RETRY,
+    Action.SELF_CANCEL,
+    Action.EXTERNAL_CANCEL,
+)
+
+STORED_FROM: Mapping[Action, frozenset[Status]] = {
+    action: (allowed | CLAIMABLE) if action in _BOT_OUTCOMES else allowed
+    for action, (allowed, _to) in TRANSITIONS.items()
+}
+"""Per record action: the *stored* statuses it may start from.
+
+Bots do not store Running: the consumer group's pending entry already says who is handling
+a record, so a claim costs no write. A record is Running while its entry is pending for the
+concern and its stored status is a claimable one; so the outcomes a bot commits (complete,
+fail, retry, self-cancel) start from any claimable stored status, or from a Running one left
+by an operator or an earlier version. Operator actions keep Naos's table as it is."""
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One step of a record's handling history: what happened, when, why, by whom."""
+    """One step of a record's handling history: what happened, when, why, by whom.
+
+    ``started_ms`` is when the attempt that ended here began (a bot's outcome entries): the
+    claim Naos would log as its own entry, kept inside the outcome instead; ``taken_over``
+    says that claim took the entry over from a consumer that died or hung (a reclaim).
+    """
 
     at_ms: int
     status: Status
@@ -109,36 +135,93 @@ class HistoryEntry:
     details: str = ""
     tags: Tags = ()
     actor: str = ""
+    started_ms: int = 0
+    attempt: int = 0
+    taken_over: bool = False
 
     def to_bytes(self) -> bytes:
-        """Pack as a msgpack map (readable field names in ``redis-cli LRANGE``)."""
-        packed: bytes = msgpack.packb(
-            {
-                "at": self.at_ms,
-                "status": self.status.value,
-                "action": self.action.value,
-                "details": self.details,
-                "tags": [list(t) for t in self.tags],
-                "actor": self.actor,
-            }
-        )
+        """Pack as a msgpack array: at, status, action, details, tags, actor, and for a bot's
+        outcome also started, attempt, taken over.
+
+        An array, not a map: a record's history is stored inline beside its status (see
+        ``encode_stored``), and names would double its size.
+        """
+        fields: list[object] = [
+            self.at_ms,
+            self.status.value,
+            self.action.value,
+            self.details,
+            [list(t) for t in self.tags],
+            self.actor,
+        ]
+        if self.started_ms or self.attempt or self.taken_over:
+            fields += [self.started_ms, self.attempt, int(self.taken_over)]
+        packed: bytes = msgpack.packb(fields)
         return packed
+
+    @classmethod
+    def from_fields(cls, data: object) -> HistoryEntry:
+        """Build from an unpacked entry; HandlingError if it is not a history entry."""
+        try:
+            if not isinstance(data, list | tuple) or len(data) < 6:
+                raise TypeError(f"expected a list of 6 to 9 fields, got {data!r:.64}")
+            at, status, action, details, tags, actor = data[:6]
+            started, attempt, taken = (*data[6:9], 0, 0, 0)[:3]
+            return cls(
+                at_ms=int(at),
+                status=Status(status),
+                action=Action(action),
+                details=str(details),
+                tags=tuple((str(n), str(v)) for n, v in tags),
+                actor=str(actor),
+                started_ms=int(started),
+                attempt=int(attempt),
+                taken_over=bool(taken),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HandlingError(f"malformed handling history entry: {exc}") from exc
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> HistoryEntry:
         """Unpack what ``to_bytes`` wrote; HandlingError if it is not a history entry."""
         try:
             data = msgpack.unpackb(raw)
-            return cls(
-                at_ms=int(data["at"]),
-                status=Status(data["status"]),
-                action=Action(data["action"]),
-                details=str(data.get("details", "")),
-                tags=tuple((str(n), str(v)) for n, v in data.get("tags", ())),
-                actor=str(data.get("actor", "")),
-            )
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        except (ValueError, msgpack.UnpackException) as exc:
             raise HandlingError(f"malformed handling history entry {raw[:64]!r}: {exc}") from exc
+        return cls.from_fields(data)
+
+    def steps(self) -> list[HistoryEntry]:
+        """This entry as Naos would log it: the claim that started the attempt, then this."""
+        if not self.started_ms:
+            return [self]
+        action = Action.RECLAIM if self.taken_over else Action.CLAIM
+        claim = HistoryEntry(
+            self.started_ms, Status.RUNNING, action, actor=self.actor, attempt=self.attempt
+        )
+        return [claim, self]
+
+
+def decode_stored(value: bytes | str | None) -> tuple[Status, list[HistoryEntry]]:
+    """A record's stored handling value: its status and its history, oldest first.
+
+    The value is ``<status>|<history entries>`` (msgpack arrays back to back), one hash field
+    per record and concern: the history costs what its entries cost, no key of its own.
+    """
+    if value is None:
+        return Status.AVAILABLE_BY_DEFAULT, []
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    name, _, packed = raw.partition(b"|")
+    try:
+        status = Status(name.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HandlingError(f"malformed handling status {raw[:64]!r}: {exc}") from exc
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(packed)
+    try:
+        history = [HistoryEntry.from_fields(each) for each in unpacker]
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise HandlingError(f"malformed handling history of {raw[:64]!r}: {exc}") from exc
+    return status, history
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +274,12 @@ class Composite:
 __all__ = [
     "CLAIMABLE",
     "DONE",
+    "STORED_FROM",
     "STREAM_SWITCH",
     "TRANSITIONS",
     "Action",
     "Composite",
     "HistoryEntry",
     "Status",
+    "decode_stored",
 ]

@@ -22,8 +22,8 @@ from redis.typing import KeyT, StreamIdT
 
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
-from streamcqrs.streams.commit import Batch, OnExisting
-from streamcqrs.streams.delayed import Delayed
+from streamcqrs.streams._ids import MAX_ID, entry_key, to_ms
+from streamcqrs.streams.commit import Commit, OnExisting
 from streamcqrs.streams.envelope import (
     Entry,
     Envelope,
@@ -38,21 +38,11 @@ from streamcqrs.streams.envelope import (
     to_record,
 )
 from streamcqrs.streams.errors import RoleError
-from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script
 
 _WRITE_ONLY = frozenset({"put", "put_view", "next_id"})
 _READ_ONLY = frozenset({"read", "latest", "latest_raw", "by_tag", "subscribe", "length"})
-MAX_ID = 18446744073709551615
-
-
-def to_ms(moment: datetime | int | None, default: int) -> int:
-    """A datetime or epoch-ms int as epoch ms; ``default`` when None."""
-    if moment is None:
-        return default
-    if isinstance(moment, datetime):
-        return int(moment.timestamp() * 1000)
-    return int(moment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,26 +99,6 @@ class _Stream:
         return f"<{type(self).__name__} {self.name} partitions={self.keys.partitions}>"
 
 
-def build_put(
-    keys: SubsystemKeys,
-    kind: Kind,
-    envelope: Envelope,
-    *,
-    on_existing: OnExisting,
-    keep: int,
-    execute_earliest: int | None = None,
-) -> tuple[Batch, PartitionKeys]:
-    """The one-op batch of a put (or of parking it in the delayed set until it is due)."""
-    part = keys.for_object(envelope.object_id or envelope.message_id)
-    batch = Batch()
-    if execute_earliest is not None:
-        member = Delayed(kind.value, envelope, on_existing, keep).pack()
-        batch.delay(part.delayed(kind), execute_earliest, member)
-    else:
-        batch.put(part, kind, envelope, on_existing=on_existing, keep=keep)
-    return batch, part
-
-
 class WriteOnlyStream(_Stream):
     """Put records into a stream and hand out ids for them; nothing else."""
 
@@ -177,21 +147,21 @@ class WriteOnlyStream(_Stream):
             causation_id=causation_id,
             message_id=message_id,
         )
-        batch = self._put_batch(envelope, on_existing, keep, execute_earliest)
-        return _result(envelope, (await batch.run(self.client))[0])
+        commit = self._put_commit(envelope, on_existing, keep, execute_earliest)
+        return _result(envelope, (await commit.run(self.client))[0])
 
-    def _put_batch(
+    def _put_commit(
         self,
         envelope: Envelope,
         on_existing: OnExisting,
         keep: int,
         execute_earliest: datetime | int | None = None,
-    ) -> Batch:
+    ) -> Commit:
+        """The one-intent commit of a put (parked until due with ``execute_earliest``)."""
         due = None if execute_earliest is None else to_ms(execute_earliest, 0)
-        batch, _ = build_put(
-            self.keys, self.kind, envelope, on_existing=on_existing, keep=keep, execute_earliest=due
-        )
-        return batch
+        commit = Commit()
+        commit.put(self.keys, self.kind, envelope, on_existing=on_existing, keep=keep, due_ms=due)
+        return commit
 
     def view_envelope(
         self,
@@ -215,9 +185,8 @@ class WriteOnlyStream(_Stream):
     ) -> PutResult:
         """Store a view as JSON bytes, keeping the newest ``keep`` per id (0 keeps all)."""
         envelope = self.view_envelope(object_id, view, type_name=type_name, tags=tags)
-        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
-        batch = self._put_batch(envelope, strategy, keep)
-        return _result(envelope, (await batch.run(self.client))[0])
+        commit = self._put_commit(envelope, OnExisting.for_view(keep), keep)
+        return _result(envelope, (await commit.run(self.client))[0])
 
     async def next_id(self) -> int:
         """A unique, increasing 64-bit id for a record of this stream (a tracking id)."""
@@ -255,7 +224,7 @@ class ReadOnlyStream(_Stream):
             key = part.stream(self.kind)
             found = entries(await self.client.xrange(key, low, high, count=count))
             per_partition.append([(eid, key, raw) for eid, raw in found])
-        merged = heapq.merge(*per_partition, key=lambda e: _entry_sort_key(e[0]))
+        merged = heapq.merge(*per_partition, key=lambda e: entry_key(e[0]))
         out = [self._to_record(key, eid, raw) for eid, key, raw in merged]
         return out[:count] if count is not None else out
 
@@ -304,7 +273,7 @@ class ReadOnlyStream(_Stream):
             )
             per_partition.append([(key, *script_entry(each)) for each in found])
         merged = heapq.merge(
-            *per_partition, key=lambda e: _entry_sort_key(e[1]), reverse=newest_first
+            *per_partition, key=lambda e: entry_key(e[1]), reverse=newest_first
         )
         out = [self._to_record(key, eid, raw) for key, eid, raw in merged]
         return out[:limit] if limit else out
@@ -346,11 +315,6 @@ class ReadOnlyStream(_Stream):
                     yield self._to_record(stream_key, eid, raw)
 
 
-def _entry_sort_key(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = as_str(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
 class SyncWriteOnlyStream:
     """A write-only stream for synchronous producers (scripts, Django/Flask views)."""
 
@@ -382,8 +346,8 @@ class SyncWriteOnlyStream:
             causation_id=causation_id,
             message_id=message_id,
         )
-        batch = self._inner._put_batch(envelope, on_existing, keep, execute_earliest)
-        return _result(envelope, batch.run_sync(self.client)[0])
+        commit = self._inner._put_commit(envelope, on_existing, keep, execute_earliest)
+        return _result(envelope, commit.run_sync(self.client)[0])
 
     def put_view(
         self,
@@ -396,9 +360,8 @@ class SyncWriteOnlyStream:
     ) -> PutResult:
         """Store a view (see ``WriteOnlyStream.put_view``)."""
         envelope = self._inner.view_envelope(object_id, view, type_name=type_name, tags=tags)
-        strategy = OnExisting.PRUNE if keep > 0 else OnExisting.WRITE
-        batch = self._inner._put_batch(envelope, strategy, keep)
-        return _result(envelope, batch.run_sync(self.client)[0])
+        commit = self._inner._put_commit(envelope, OnExisting.for_view(keep), keep)
+        return _result(envelope, commit.run_sync(self.client)[0])
 
     def next_id(self) -> int:
         """A unique, increasing 64-bit id (see ``WriteOnlyStream.next_id``)."""

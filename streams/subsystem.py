@@ -11,9 +11,10 @@ import redis.asyncio
 from streamcqrs.domain.aggregate import Aggregate
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.streams._ids import to_ms
 from streamcqrs.streams.aggregates import AggregateStore
 from streamcqrs.streams.keys import Kind, SubsystemKeys
-from streamcqrs.streams.stream import ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream, to_ms
+from streamcqrs.streams.stream import ReadOnlyStream, SyncWriteOnlyStream, WriteOnlyStream
 
 A = TypeVar("A", bound=Aggregate)
 KindName = Kind | str

@@ -32,8 +32,8 @@ from pathlib import Path
 import redis
 
 from streamcqrs.domain import Aggregate, Event, Message, Operation, message
-from streamcqrs.handlers import App, Context, NotYet, Retry
-from streamcqrs.streams.commit import Batch
+from streamcqrs.handlers import App, Context, Fail, NotYet, Retry
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import encode, entries, to_record
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 
@@ -88,6 +88,27 @@ class Crash(Operation):
 @message("botapp.Steered")
 class Steered(Operation):
     """Work whose handler first says "not yet", then asks for a retry, then succeeds."""
+
+    n: int
+
+
+@message("botapp.Rejected")
+class Rejected(Operation):
+    """Work its handler refuses with ``Fail``: no retry can help."""
+
+    n: int
+
+
+@message("botapp.Misdeclared")
+class Misdeclared(Operation):
+    """Work whose handler writes a stream it did not declare (a programming error)."""
+
+    n: int
+
+
+@message("botapp.Ignored")
+class Ignored(Operation):
+    """A type the app drops on its client operations without a handler."""
 
     n: int
 
@@ -183,6 +204,21 @@ async def steered(op: Steered, ctx: Context) -> None:
     ctx.append(Job(id=f"steered-{op.n}"), Done(n=op.n, at=_now_ms(), attempt=ctx.attempt))
 
 
+@app.handler(Rejected, stream=OPS, concern="strict")
+async def rejected(op: Rejected, ctx: Context) -> None:
+    """Fail at once: the record is Failed and dead-lettered on its first attempt."""
+    raise Fail(f"customer {op.n} does not exist")
+
+
+@app.handler(Misdeclared, stream=OPS, concern="strict")
+async def misdeclared(op: Misdeclared, ctx: Context) -> None:
+    """Write a stream not in ``writes=[...]``: a HandlerError, never retried."""
+    ctx.put(f"{SUBSYSTEM}/sagas", Note(n=op.n))
+
+
+app.ignore(Ignored, stream=OPS)
+
+
 # -- running the app in real bot processes -------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,13 +287,13 @@ def wait_until(
 
 def put_many(client: redis.Redis, messages: Iterable[tuple[Message, str]]) -> None:
     """Put (message, object id) pairs into botapp's client operations, 500 per script call."""
-    part = SubsystemKeys(SUBSYSTEM).partition(0)
+    keys = SubsystemKeys(SUBSYSTEM)
     items = list(messages)
     for start in range(0, len(items), 500):
-        batch = Batch()
+        commit = Commit()
         for message_, object_id in items[start : start + 500]:
-            batch.put(part, Kind.CLIENT_OPERATIONS, encode(message_, object_id=object_id))
-        batch.run_sync(client)
+            commit.put(keys, Kind.CLIENT_OPERATIONS, encode(message_, object_id=object_id))
+        commit.run_sync(client)
 
 
 def ns_of(client: redis.Redis, key: str, field: str = "n") -> list[int]:

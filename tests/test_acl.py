@@ -28,7 +28,8 @@ from streamcqrs.domain.registry import registry
 from streamcqrs.handlers import App, Context
 from streamcqrs.handlers import acl as app_acl
 from streamcqrs.streams import (
-    Batch,
+    Commit,
+    Input,
     Kind,
     OnExisting,
     Settings,
@@ -42,8 +43,7 @@ from streamcqrs.streams.deadletter import read_dead_letters_sync
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import Entry, as_str, parse
 from streamcqrs.streams.errors import PermissionDenied, StreamError
-from streamcqrs.streams.handling import Claim, HandlingStore, Status
-from streamcqrs.streams.stream import build_put
+from streamcqrs.streams.statuses import Action, Status, decode_stored
 from tests.messages import Account, Deposited, Opened, Ping
 from tests.support import Backend
 
@@ -170,8 +170,9 @@ def put(
 
     def action(client: redis.Redis) -> Any:
         envelope = encode(Ping(n=1), object_id=object_id, tags=(("who", "x"),))
-        batch, _ = build_put(keys, kind, envelope, on_existing=on_existing, keep=1)
-        return batch.run_sync(client)
+        commit = Commit()
+        commit.put(keys, kind, envelope, on_existing=on_existing)
+        return commit.run_sync(client)
 
     return action
 
@@ -275,8 +276,8 @@ def forbidden() -> list[Attempt]:
         A(API, "script XADD views", script(add, views)),
         A(API, "XRANGE client-ops", c("XRANGE", ops, "-", "+")),
         A(API, "XRANGE snapshots", c("XRANGE", snapshots, "-", "+")),
-        A(API, "XRANGE an aggregate", c("XRANGE", O0.aggregate("o-1"), "-", "+")),
-        A(API, "HGET versions", c("HGET", O0.versions, "o-1")),
+        A(API, "LRANGE an aggregate", c("LRANGE", O0.aggregate("o-1"), 0, -1)),
+        A(API, "LLEN an aggregate", c("LLEN", O0.aggregate("o-1"))),
         A(API, "XGROUP CREATE views", c("XGROUP", "CREATE", views, "new", "0")),
         A(API, "XREADGROUP views", group_read(views, "g")),
         A(API, "put into client-ops", put(ORDERS, CO)),
@@ -290,7 +291,7 @@ def forbidden() -> list[Attempt]:
         A(BOT, "put into billing/views (undeclared)", put(BILLING, Kind.VIEWS)),
         A(BOT, "put into audit/client-ops (undeclared)", put(AUDIT, CO)),
         A(BOT, "XADD orders/snapshots (undeclared)", c("XADD", snapshots, "*", "k", "v")),
-        A(BOT, "XADD audit aggregate (undeclared)", c("XADD", audit_aggregate, "*", "k", "v")),
+        A(BOT, "RPUSH audit aggregate (undeclared)", c("RPUSH", audit_aggregate, "e")),
         A(BOT, "XDEL its input", c("XDEL", ops, "1-1")),
         A(BOT, "XTRIM its input", c("XTRIM", ops, "MAXLEN", "0")),
         A(BOT, "XGROUP DESTROY its input's group", c("XGROUP", "DESTROY", ops, "place")),
@@ -466,24 +467,16 @@ def test_bot_consumes_and_commits_declared_outputs_as_its_user(
         ctx.append(account, Opened(owner="ann"), Deposited(amount=5))
         ctx.put("billing/client-ops", Ping(n=6), object_id="bill-o-1", on_existing=OnExisting.SKIP)
         ctx.put_view("orders/views", "o-1", {"state": "placed"})
-        batch = Batch()
-        ctx.compile(batch)
         record = envelope.message_id
-        batch.status(
-            O0.handling_status(CO, "place"),
-            O0.handling_history(CO, "place", record),
-            record,
-            "Completed",
-            b"done",
-            allowed_from=("AvailableByDefault",),
-        )
-        batch.ack(ops, "place", [entry_id])
-        await batch.run(bot)
+        commit = Commit(Input(O0, CO, "place", "worker", entry_id, record, raw, envelope))
+        ctx.fill(commit)
+        commit.settle(Action.COMPLETE, actor="worker")
+        await commit.run(bot)
         pending = await bot.xpending(ops, "place")
         loaded = await AggregateStore(ORDERS, Account, bot).load("o-1")
         billed = await Subsystem("billing", admin, partitions=2).reader("client-ops").read()
         view = await Subsystem("orders", admin).reader("views").latest_raw("o-1")
-        status = await admin.hget(O0.handling_status(CO, "place"), record)
+        status = decode_stored(await admin.hget(O0.handling_status(CO, "place"), record))[0]
         return pending["pending"], loaded, [r.message for r in billed], view, status
 
     pending, loaded, billed, view, status = run(scenario())
@@ -491,22 +484,18 @@ def test_bot_consumes_and_commits_declared_outputs_as_its_user(
     assert (2, "ann", 5) == (loaded.version, loaded.owner, loaded.balance)
     assert [Ping(n=6)] == billed
     assert b'{"state":"placed"}' == view
-    assert b"Completed" == status
+    assert Status.COMPLETED == status
 
 
-def test_bot_claims_and_recognises_a_replayed_claim_as_its_user(
-    users: Users, run: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The bot user may claim records, including the replay check claim.lua makes (LINDEX)."""
-    store = HandlingStore(users.aio(BOT), ORDERS, CO, "place")
-    monkeypatch.setattr("streamcqrs.streams.handling.now_ms", lambda: 1_700_000_000_000)
-
-    async def scenario() -> tuple[Any, Any]:
-        first = await store.claim([("m-1", "o-1")], actor="worker")
-        return first, await store.claim([("m-1", "o-1")], actor="worker")
-
-    first, replay = run(scenario())
-    assert [(Claim.CLAIMED, Status.RUNNING)] == first == replay
+def test_bot_looks_up_statuses_and_switches_of_its_input_as_its_user(users: Users) -> None:
+    """Before running handlers a bot reads its records' statuses and the stream and record
+    switches of its input (HMGET): the bot user may, and may not write the switches."""
+    bot = users.sync(BOT)
+    flags = O0.handling_flags(CO)
+    assert [None] == bot.hmget(O0.handling_status(CO, "place"), ["m-1"])
+    assert [None, None] == bot.hmget(flags, [O0.stream_switch("place"), "m-1"])
+    with pytest.raises(NoPermissionError):
+        bot.hset(flags, "m-1", "DisabledForRecord")
 
 
 def test_bot_commit_with_an_undeclared_output_is_refused_whole(
@@ -524,12 +513,11 @@ def test_bot_commit_with_an_undeclared_output_is_refused_whole(
             ReadReply, await bot.xreadgroup("place", "worker", {ops: ">"}, count=10)
         )
         entry_id = as_str(found[0][0])
-        batch = Batch()
-        batch.put(BILLING.partition(0), CO, encode(Ping(n=2), object_id="b"))
-        batch.put(O0, Kind.SAGAS, encode(Ping(n=3), object_id="s"))  # not declared
-        batch.ack(ops, "place", [entry_id])
+        commit = Commit(Input(O0, CO, "place", "worker", entry_id, "m", {}))
+        commit.put_at(BILLING.partition(0), CO, encode(Ping(n=2), object_id="b"))
+        commit.put_at(O0, Kind.SAGAS, encode(Ping(n=3), object_id="s"))  # not declared
         with pytest.raises(PermissionDenied) as refusal:
-            await batch.run(bot)
+            await commit.run(bot)
         pending = await bot.xpending(ops, "place")
         return refusal.value, pending["pending"]
 
@@ -554,12 +542,10 @@ def test_bot_moves_delayed_entries_and_dead_letters_as_its_user(
 
     async def scenario() -> None:
         (member,) = cast(list[bytes], await bot.zrangebyscore(delayed_set, 0, 10))
-        due = Delayed.unpack(member)
-        batch = Batch()
-        batch.take(delayed_set, member)
-        batch.put(O0, CO, due.envelope, on_existing=due.on_existing)
-        batch.put(O0, Kind.DEAD_LETTERS, encode(Ping(n=8), object_id="junk"))
-        await batch.run(bot)
+        commit = Commit()
+        commit.move_due(O0, CO, member)
+        commit.put_at(O0, Kind.DEAD_LETTERS, encode(Ping(n=8), object_id="junk"))
+        await commit.run(bot)
 
     run(scenario())
     assert 0 == users.admin.zcard(delayed_set)

@@ -20,17 +20,15 @@ from tests.support import Backend, Run
 
 
 async def _raw_state(client: redis.asyncio.Redis, sub: Subsystem, aggregate_id: str) -> Any:
-    """Everything an append writes: both streams (length and entries) and the version."""
+    """Everything an append writes: the aggregate's list and the events stream."""
     part = sub.keys.for_object(aggregate_id)
     events = part.stream(Kind.EVENTS)
     own = part.aggregate(aggregate_id)
     return (
-        await client.xlen(own),
-        await client.xrange(own),
+        await client.lrange(own, 0, -1),
         await client.xlen(events),
         await client.xrange(events),
-        await client.hgetall(part.versions),
-        await client.hgetall(part.aggregate_message_ids(aggregate_id)),
+        await client.hgetall(part.index(Kind.EVENTS)),
     )
 
 

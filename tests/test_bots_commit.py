@@ -1,8 +1,9 @@
-"""The commit ops the bot runtime relies on: OWNS, TOUCH, OUTBOX routing, pipelined commits.
+"""The commit the bot runtime relies on: ownership, touch, outbox routing, many per call.
 
-OWNS makes a commit all-or-nothing on "this consumer still owns its input": a bot that lost
-its entry to XAUTOCLAIM writes nothing. TOUCH keeps (or releases) a claim. A batch built for
-a cluster partition routes outputs for other slots into the partition's outbox.
+A commit for an input is all-or-nothing on "this consumer still owns its entry": a bot that
+lost its entry to XAUTOCLAIM writes nothing. ``touch`` keeps (or releases) a claim. A commit
+built for a cluster partition routes outputs for other slots into the partition's outbox.
+Many commits travel in one script call, each checked and applied on its own.
 """
 
 from __future__ import annotations
@@ -14,37 +15,37 @@ import pytest
 import redis
 
 from streamcqrs.domain.errors import ConcurrencyConflict
-from streamcqrs.streams.commit import Batch, run_many
+from streamcqrs.streams.commit import Commit, Input, OnExisting, run_commits
 from streamcqrs.streams.envelope import as_str, encode, entries
-from streamcqrs.streams.errors import NotOwner
+from streamcqrs.streams.errors import DuplicateRecord, NotOwner
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script
 from tests.messages import Opened, Ping
 from tests.support import Backend
 
-PART = SubsystemKeys("owned").partition(0)
-OTHER = SubsystemKeys("elsewhere").partition(0)
+KEYS = SubsystemKeys("owned")
+PART = KEYS.partition(0)
+OTHER_KEYS = SubsystemKeys("elsewhere")
+OTHER = OTHER_KEYS.partition(0)
 OPS = PART.stream(Kind.CLIENT_OPERATIONS)
 EVENTS = PART.stream(Kind.EVENTS)
 
 
 def delivered(client: redis.Redis, consumer: str = "a") -> str:
     """Put one operation and deliver it to ``consumer`` of group g; return its entry id."""
-    batch = Batch()
-    batch.put(PART, Kind.CLIENT_OPERATIONS, encode(Ping(n=1), object_id="1"))
-    batch.run_sync(client)
+    commit = Commit()
+    commit.put(KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=1), object_id="1"))
+    commit.run_sync(client)
     client.xgroup_create(OPS, "g", id="0")
     reply: Any = client.xreadgroup("g", consumer, {OPS: ">"}, count=1)
     return as_str(reply[0][1][0][0])
 
 
-def commit_of(entry_id: str, consumer: str) -> Batch:
-    """A handler's commit: OWNS, one output event, ACK."""
-    batch = Batch()
-    batch.owns(OPS, "g", consumer, [entry_id])
-    batch.append(PART, "acct-1", [encode(Opened(owner="ann"), object_id="acct-1")], 0)
-    batch.ack(OPS, "g", [entry_id])
-    return batch
+def commit_of(entry_id: str, consumer: str) -> Commit:
+    """A handler's commit for entry ``entry_id`` of group g: one output event."""
+    commit = Commit(Input(PART, Kind.CLIENT_OPERATIONS, "g", consumer, entry_id, "m1", {}))
+    commit.append(KEYS, "acct-1", [encode(Opened(owner="ann"), object_id="acct-1")], 0)
+    return commit
 
 
 def test_a_commit_by_the_owner_writes_and_acks(real: Backend) -> None:
@@ -95,12 +96,12 @@ def test_touch_resets_idle_only_for_entries_the_consumer_owns(real: Backend) -> 
     nothing and reports nothing; with a huge idle it makes the entry claimable at once."""
     client = real.sync_client()
     entry_id = delivered(client)
-    batch = Batch()
-    batch.touch(OPS, "g", "b", [entry_id])
-    assert [[]] == batch.run_sync(client)
-    batch = Batch()
-    batch.touch(OPS, "g", "a", [entry_id], idle_ms=10**9)
-    assert [[entry_id.encode()]] == batch.run_sync(client)
+    commit = Commit()
+    commit.touch(OPS, "g", "b", [entry_id])
+    assert [[]] == commit.run_sync(client)
+    commit = Commit()
+    commit.touch(OPS, "g", "a", [entry_id], idle_ms=10**9)
+    assert [[entry_id.encode()]] == commit.run_sync(client)
     info: Any
     (info,) = client.xpending_range(OPS, "g", "-", "+", 1)
     assert ("a", True) == (as_str(info["consumer"]), info["time_since_delivered"] >= 10**9)
@@ -109,16 +110,16 @@ def test_touch_resets_idle_only_for_entries_the_consumer_owns(real: Backend) -> 
 
 
 def test_on_a_cluster_outputs_for_other_slots_go_to_the_outbox(real: Backend) -> None:
-    """A batch built with home=partition writes same-slot outputs directly and puts each
-    output bound for another hash tag into home's outbox, as the one-op commit a relay runs
-    there; nothing is written to the other slot by this commit."""
+    """A commit built with home=partition writes same-slot outputs directly and puts each
+    output bound for another hash tag into home's outbox, as the one-intent commit a relay
+    runs there; nothing is written to the other slot by this commit."""
     client = real.sync_client()
-    batch = Batch(home=PART)
-    batch.put(PART, Kind.EVENTS, encode(Ping(n=1), object_id="here"))
+    commit = Commit(home=PART)
+    commit.put(KEYS, Kind.EVENTS, encode(Ping(n=1), object_id="here"))
     routed = encode(Ping(n=2), object_id="there")
-    batch.put(OTHER, Kind.CLIENT_OPERATIONS, routed)
-    assert {PART.tag} == {key[: key.index("}") + 1] for key in batch.keys}
-    batch.run_sync(client)
+    commit.put(OTHER_KEYS, Kind.CLIENT_OPERATIONS, routed)
+    assert {PART.tag} == {key[: key.index("}") + 1] for key in commit.keys}
+    commit.run_sync(client)
     assert (1, 0) == (client.xlen(EVENTS), client.exists(OTHER.stream(Kind.CLIENT_OPERATIONS)))
     ((_, fields),) = entries(client.xrange(PART.outbox))
     assert (routed.message_id.encode(), OTHER.tag.encode()) == (fields[b"id"], fields[b"tag"])
@@ -128,17 +129,48 @@ def test_on_a_cluster_outputs_for_other_slots_go_to_the_outbox(real: Backend) ->
     assert 1 == client.xlen(OTHER.stream(Kind.CLIENT_OPERATIONS))
 
 
-def test_pipelined_commits_fail_one_by_one(real: Backend, run: Any) -> None:
-    """run_many sends several commits in one round trip; a version conflict fails only its
-    own batch, the others are written."""
-    client = real.client()
-    batches = []
+def test_commits_in_one_call_fail_one_by_one(backend: Backend, run: Any) -> None:
+    """run_commits sends several commits in one script call; a version conflict fails only
+    its own commit, the others are written, and a later commit sees an earlier one's writes."""
+    client = backend.client()
+    commits = []
     for owner in ("ann", "bob", "cy"):
-        batch = Batch()
-        batch.append(PART, f"acct-{owner}", [encode(Opened(owner=owner))], 0)
-        batches.append(batch)
-    conflicting = Batch()
-    conflicting.append(PART, "acct-ann", [encode(Opened(owner="again"))], 0)
-    results = run(run_many(client, [*batches[:1], conflicting, *batches[1:]]))
+        commit = Commit()
+        commit.append(KEYS, f"acct-{owner}", [encode(Opened(owner=owner))], 0)
+        commits.append(commit)
+    conflicting = Commit()
+    conflicting.append(KEYS, "acct-ann", [encode(Opened(owner="again"))], 0)
+    results = run(run_commits(client, [*commits[:1], conflicting, *commits[1:]]))
     assert [list, ConcurrencyConflict, list, list] == [type(r) for r in results]
-    assert 3 == real.sync_client().xlen(EVENTS)
+    assert 3 == backend.sync_client().xlen(EVENTS)
+
+
+def test_a_put_sent_twice_as_a_replay_writes_once(backend: Backend) -> None:
+    """redis-py re-sends a command after a lost reply: the same put (same message id) run
+    twice writes one entry, and the second run answers with that entry, written."""
+    client = backend.sync_client()
+    with_object = encode(Ping(n=1), object_id="7")
+    without_object = encode(Ping(n=2))
+    for envelope in (with_object, without_object):
+        commit = Commit()
+        commit.put(KEYS, Kind.CLIENT_OPERATIONS, envelope)
+        first = commit.run_sync(client)
+        second = commit.run_sync(client)
+        assert first == second
+        assert 1 == first[0][1]
+    assert 2 == client.xlen(OPS)
+
+
+def test_a_raise_put_sent_twice_as_a_replay_does_not_raise(backend: Backend) -> None:
+    """A put with OnExisting.RAISE, replayed, finds its own record: no DuplicateRecord."""
+    client = backend.sync_client()
+    commit = Commit()
+    commit.put(KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=1), object_id="7"),
+               on_existing=OnExisting.RAISE)  # fmt: skip
+    assert commit.run_sync(client) == commit.run_sync(client)
+    assert 1 == client.xlen(OPS)
+    other = Commit()
+    other.put(KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=2), object_id="7"),
+              on_existing=OnExisting.RAISE)  # fmt: skip
+    with pytest.raises(DuplicateRecord):
+        other.run_sync(client)

@@ -15,7 +15,7 @@ import redis
 
 from streamcqrs.bots.delayed import Mover
 from streamcqrs.bots.logging import get_logger
-from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import decode, encode, entries, now_ms, parse
 from streamcqrs.streams.keys import Kind, SubsystemKeys
@@ -80,11 +80,11 @@ def test_two_movers_never_move_one_member_twice(real: Backend, run: Any) -> None
     """Two movers (as in two bots) race over 300 due members: each lands in the stream once,
     because each move TAKEs its member in the same atomic commit that puts it."""
     sync = real.sync_client()
-    batch = Batch()
+    commit = Commit()
     for n in range(300):
         member = Delayed(Kind.CLIENT_OPERATIONS.value, encode(Later(n=n), object_id=str(n)))
-        batch.delay(DELAYED, now_ms() - 10, member.pack())
-    batch.run_sync(sync)
+        commit.delay(DELAYED, now_ms() - 10, member.pack())
+    commit.run_sync(sync)
     sets = [(PART, Kind.CLIENT_OPERATIONS)]
     movers = [Mover(real.client(), sets, interval=0.05, log=get_logger()) for _ in range(2)]
 

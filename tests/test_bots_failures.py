@@ -20,7 +20,11 @@ from tests.botapps import (
     BotProcess,
     Do,
     Doomed,
+    Done,
     Flaky,
+    Ignored,
+    Misdeclared,
+    Rejected,
     Steered,
     attempts_key,
     ns_of,
@@ -159,3 +163,43 @@ def test_a_handler_that_always_fails_ends_failed_with_one_dead_letter(
     assert Status.FAILED == status_of(real, run, "doomed", message_id)
     assert 0 == client.zcard(PART.delayed(Kind.CLIENT_OPERATIONS))
     assert 3 == client.xlen(OPS)  # the original and the two retries
+
+
+def test_fail_and_a_declaration_mistake_fail_the_record_at_once(
+    real: Backend, run: Any, tmp_path: Path
+) -> None:
+    """A handler raising Fail, and one writing a stream it did not declare (HandlerError),
+    are Failed and dead-lettered on their first attempt with the reason, not retried up to
+    --max-attempts (5 here)."""
+    client = real.sync_client()
+    put_many(client, [(Rejected(n=1), "r-1"), (Misdeclared(n=2), "m-2")])
+    with BotProcess(real.url or "", tmp_path / "bot.log", "--max-attempts", "5") as bot:
+        wait_until(lambda: client.xlen(DEAD) >= 2, "two dead letters", 30, bot)
+    letters = {s.letter.type_name: s.letter for s in read_dead_letters_sync(client, KEYS)}
+    assert {"botapp.Rejected", "botapp.Misdeclared"} == set(letters)
+    rejected, misdeclared = letters["botapp.Rejected"], letters["botapp.Misdeclared"]
+    assert (1, "Fail: customer 1 does not exist") == (rejected.attempts, rejected.reason)
+    assert 1 == misdeclared.attempts
+    assert "did not declare writes to botapp/sagas" in misdeclared.reason
+    for letter in letters.values():
+        assert Status.FAILED == status_of(real, run, "strict", letter.message_id)
+
+
+def test_an_operation_no_handler_takes_is_dead_lettered_once_unless_ignored(
+    real: Backend, tmp_path: Path
+) -> None:
+    """A registered type no concern handles on client-ops is not acked unseen: one dead
+    letter (eight concerns read the stream) says "no handler for TYPE on STREAM". A type the
+    app ignores there is acked without one; both leave nothing pending."""
+    client = real.sync_client()
+    put_many(client, [(Done(n=1), "d-1"), (Ignored(n=2), "i-2"), (Do(n=3), "3")])
+    with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
+        wait_until(
+            lambda: client.xlen(DEAD) >= 1 and client.xlen(EVENTS) >= 1
+            and sum(pending(client).values()) == 0,
+            "the unhandled op dead-lettered and the rest settled", 30, bot,
+        )  # fmt: skip
+    (stored,) = read_dead_letters_sync(client, KEYS)
+    assert "botapp.Done" == stored.letter.type_name
+    assert "no handler for botapp.Done on botapp/client-ops" in stored.letter.reason
+    assert [3] == ns_of(client, EVENTS)

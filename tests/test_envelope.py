@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamcqrs.domain import TypeRegistry
-from streamcqrs.streams import Batch, Envelope, Kind, decode, encode, parse, to_record
+from streamcqrs.streams import Commit, Envelope, Kind, decode, encode, parse, to_record
 from streamcqrs.streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
 from streamcqrs.streams.errors import DecodeError, EncodeError
 from tests.messages import Ping
@@ -67,9 +67,9 @@ def test_every_field_round_trips_through_a_stream(backend: Backend, run: Run[Any
     envelope = _full_envelope()
 
     async def scenario() -> tuple[list[Any], Any]:
-        batch = Batch()
-        batch.put(part, Kind.CLIENT_OPERATIONS, envelope)
-        await batch.run(sub.client)
+        commit = Commit()
+        commit.put_at(part, Kind.CLIENT_OPERATIONS, envelope)
+        await commit.run(sub.client)
         return await sub.reader("client-ops").read(), await sub.reader("client-ops").latest(
             "order-1"
         )

@@ -1,4 +1,4 @@
-"""The handling store: claims, Naos's transition table, switches, history and composites.
+"""The handling store: Naos's transition table, switches, history, composites, replays.
 
 Every test runs on a real server and on the in-memory mode (fakeredis).
 """
@@ -11,19 +11,19 @@ import pytest
 import redis.asyncio
 
 from streamcqrs.domain.errors import ConfigurationError
-from streamcqrs.streams import Batch, Kind, Subsystem
+from streamcqrs.streams import Commit, Kind, Subsystem
 from streamcqrs.streams.envelope import as_str
 from streamcqrs.streams.errors import InvalidTransition
-from streamcqrs.streams.handling import (
+from streamcqrs.streams.handling import HandlingStore
+from streamcqrs.streams.statuses import (
     CLAIMABLE,
+    STORED_FROM,
     TRANSITIONS,
     Action,
-    Claim,
     Composite,
-    HandlingStore,
     HistoryEntry,
     Status,
-    transition,
+    decode_stored,
 )
 from tests.messages import Ping
 from tests.support import Backend, Run
@@ -111,18 +111,19 @@ def test_every_path_reaches_its_status_and_logs_each_step(backend: Backend, run:
 def test_every_transition_outside_the_table_is_refused_and_writes_nothing(
     backend: Backend, run: Run[None]
 ) -> None:
-    """Every (status, action) pair not in the table raises InvalidTransition naming the
-    current status and leaves every key as it was; every pair in it lands on its status."""
+    """Every (stored status, action) pair not in the stored table raises InvalidTransition
+    naming the current status and leaves every key as it was; every pair in it lands on its
+    status."""
     store = _store(backend.subsystem("mail"))
     client = backend.client()
 
     async def scenario() -> None:
         refused = allowed = 0
         for status in PATHS:
-            for action, (sources, target) in TRANSITIONS.items():
+            for action, (_, target) in TRANSITIONS.items():
                 record = f"{status.value}-{action.value}"
                 await _bring(store, record, status)
-                if status in sources:
+                if status in STORED_FROM[action]:
                     await store.apply(record, action)
                     assert target == await store.status(record)
                     allowed += 1
@@ -139,77 +140,58 @@ def test_every_transition_outside_the_table_is_refused_and_writes_nothing(
                 assert f"its status is {status.value}" in str(refusal.value)
                 assert before == await _everything(client)
                 refused += 1
-        in_table = sum(len(sources) for sources, _ in TRANSITIONS.values())
+        in_table = sum(len(allowed) for allowed in STORED_FROM.values())
         assert (len(PATHS) * len(TRANSITIONS), in_table) == (refused + allowed, allowed)
 
     run(scenario())
 
 
-def test_claim_skips_what_is_not_claimable_and_writes_nothing(
+def test_a_bot_outcome_settles_from_any_claimable_status_and_is_refused_when_settled(
     backend: Backend, run: Run[None]
 ) -> None:
-    """A claim of a record that is not Available reports SKIPPED with its status; no write."""
+    """Bots store no Running (the pending entry is the claim): complete, retry, self-cancel
+    and fail start from any Available status, or from a stored Running; a record already
+    Completed, Failed, archived or disabled refuses them and nothing is written."""
     store = _store(backend.subsystem("mail"))
     client = backend.client()
 
     async def scenario() -> None:
         for status in PATHS:
             await _bring(store, f"r-{status.value}", status)
-        before = await _everything(client)
-        blocked_out = [s for s in PATHS if s not in CLAIMABLE]
-        results = await store.claim([(f"r-{s.value}", "") for s in blocked_out])
-        assert [(Claim.SKIPPED, s) for s in blocked_out] == results
-        assert before == await _everything(client)
-        claimable = sorted(CLAIMABLE)
-        results = await store.claim([(f"r-{s.value}", "") for s in claimable], actor="bot-1")
-        assert [(Claim.CLAIMED, Status.RUNNING)] * len(claimable) == results
-        history = await store.history(f"r-{Status.AVAILABLE_AFTER_FAILURE.value}")
-        assert (Action.CLAIM, "bot-1") == (history[-1].action, history[-1].actor)
+        for status in PATHS:
+            record = f"r-{status.value}"
+            if status in CLAIMABLE or status is Status.RUNNING:
+                await store.complete(record, actor="bot-1")
+                assert Status.COMPLETED == await store.status(record)
+                continue
+            before = await _everything(client)
+            with pytest.raises(InvalidTransition):
+                await store.complete(record, actor="bot-1")
+            assert before == await _everything(client)
+        outcomes = {Action.COMPLETE, Action.FAIL, Action.RETRY, Action.SELF_CANCEL,
+                    Action.EXTERNAL_CANCEL}  # fmt: skip
+        for action, allowed in STORED_FROM.items():
+            logical = TRANSITIONS[action][0]
+            assert (logical | CLAIMABLE if action in outcomes else logical) == allowed
 
     run(scenario())
 
 
-def test_reclaim_takes_over_a_running_record(backend: Backend, run: Run[None]) -> None:
-    """Only with reclaim=True is a Running record claimed again, logged as a reclaim."""
-    store = _store(backend.subsystem("mail"))
-
-    async def scenario() -> None:
-        assert [(Claim.CLAIMED, Status.RUNNING)] == await store.claim([("m1", "")], actor="a")
-        assert [(Claim.SKIPPED, Status.RUNNING)] == await store.claim([("m1", "")], actor="b")
-        assert [(Claim.CLAIMED, Status.RUNNING)] == await store.claim(
-            [("m1", "")], actor="b", reclaim=True
-        )
-        history = await store.history("m1")
-        assert [(Action.CLAIM, "a"), (Action.RECLAIM, "b")] == [
-            (e.action, e.actor) for e in history
-        ]
-
-    run(scenario())
-
-
-def test_a_replayed_claim_call_is_claimed_again_not_skipped(
+def test_a_status_change_sent_twice_as_a_replay_succeeds_once(
     backend: Backend, run: Run[None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same claim call re-sent after a lost reply: CLAIMED again, nothing written twice.
-
-    redis-py re-sends a command after a dropped connection; if the first send had run, the
-    record is Running with this call's own history entry last. Skipping it would make the
-    bot ack an entry it never handled. Another claimer (or a later call) is still refused,
-    and a record twice in one call is claimed once.
-    """
+    """redis-py re-sends a command after a lost reply: the same change (same entry, same
+    time) run again finds its own history entry last and succeeds without writing; a later,
+    different change is still refused."""
     store = _store(backend.subsystem("mail"))
-    monkeypatch.setattr("streamcqrs.streams.handling.now_ms", lambda: 1_700_000_000_000)
+    monkeypatch.setattr("streamcqrs.streams.commit.now_ms", lambda: 1_700_000_000_000)
 
     async def scenario() -> None:
-        first = await store.claim([("m1", "")], actor="bot-1")
-        replay = await store.claim([("m1", "")], actor="bot-1")
-        other = await store.claim([("m1", "")], actor="bot-2")
-        twice = await store.claim([("m2", ""), ("m2", "")], actor="bot-1")
-
-        assert [(Claim.CLAIMED, Status.RUNNING)] == first == replay
-        assert [(Claim.SKIPPED, Status.RUNNING)] == other
-        assert [(Claim.CLAIMED, Status.RUNNING), (Claim.SKIPPED, Status.RUNNING)] == twice
-        assert [Action.CLAIM] == [e.action for e in await store.history("m1")]
+        await store.complete("m1", actor="bot-1")
+        await store.complete("m1", actor="bot-1")
+        assert [Action.COMPLETE] == [e.action for e in await store.history("m1")]
+        with pytest.raises(InvalidTransition):
+            await store.complete("m1", actor="bot-2")
 
     run(scenario())
 
@@ -219,7 +201,7 @@ def test_details_tags_and_actor_are_kept(backend: Backend, run: Run[None]) -> No
     store = _store(backend.subsystem("mail"))
 
     async def scenario() -> None:
-        await store.claim([("m1", "")], actor="bot-7")
+        await store.apply("m1", Action.CLAIM, actor="bot-7")
         await store.fail(
             "m1", "SMTP 550 mailbox unavailable", tags=[("smtp", "550")], actor="bot-7"
         )
@@ -240,13 +222,12 @@ def test_a_disabled_record_is_skipped_by_every_concern(backend: Backend, run: Ru
     async def scenario() -> None:
         await email.disable_record("m1", details="poison message", actor="ops")
         assert Status.DISABLED_FOR_RECORD == await audit.status("m1")
-        assert [(Claim.SKIPPED, Status.DISABLED_FOR_RECORD)] == await audit.claim([("m1", "")])
-        assert [(Claim.SKIPPED, Status.DISABLED_FOR_RECORD)] == await email.claim([("m1", "")])
+        assert Status.DISABLED_FOR_RECORD == await email.status("m1")
         with pytest.raises(InvalidTransition):
             await email.disable_record("m1")
         await email.enable_record("m1")
         assert Status.AVAILABLE_BY_DEFAULT == await audit.status("m1")
-        assert [(Claim.CLAIMED, Status.RUNNING)] == await audit.claim([("m1", "")])
+        await audit.complete("m1")
         switches = await email.switch_history()
         assert [Action.DISABLE_RECORD, Action.ENABLE_RECORD] == [s.action for s in switches]
         assert ("concern", "email") in switches[0].tags
@@ -272,7 +253,7 @@ def test_a_record_disabled_through_one_concern_is_enabled_through_any(
         await audit.enable_record("m1", object_id="order-1", actor="ops")
         for store in (email, slack, audit):
             assert Status.AVAILABLE_BY_DEFAULT == await store.status("m1", "order-1")
-            assert [(Claim.CLAIMED, Status.RUNNING)] == await store.claim([("m1", "order-1")])
+            await store.apply("m1", Action.CLAIM, object_id="order-1")
         history = await email.history("m1", "order-1")
         assert [Action.DISABLE_RECORD, Action.ENABLE_RECORD, Action.CLAIM] == [
             e.action for e in history
@@ -286,11 +267,10 @@ def test_a_record_disabled_through_one_concern_is_enabled_through_any(
     run(scenario())
 
 
-def test_a_disabled_stream_blocks_claims_for_its_concern_only(
-    backend: Backend, run: Run[None]
-) -> None:
-    """While a stream is disabled for a concern, claims are BLOCKED there and nothing is set;
-    other concerns claim as usual; switching twice the same way is refused."""
+def test_a_disabled_stream_shows_for_its_concern_only(backend: Backend, run: Run[None]) -> None:
+    """While a stream is disabled for a concern its records show DisabledForStream there
+    (bots leave them pending) and nothing is set; other concerns see their own statuses;
+    switching twice the same way is refused."""
     sub = backend.subsystem("mail", partitions=3)
     email, audit = _store(sub, "email"), _store(sub, "audit")
 
@@ -301,18 +281,15 @@ def test_a_disabled_stream_blocks_claims_for_its_concern_only(
         with pytest.raises(InvalidTransition) as twice:
             await email.disable_stream()
         assert Status.DISABLED_FOR_STREAM == twice.value.current
-        records = [(f"m{n}", "") for n in range(6)]
-        assert [(Claim.BLOCKED, Status.DISABLED_FOR_STREAM)] * 6 == await email.claim(records)
-        assert Status.DISABLED_FOR_STREAM == await email.status("m0")
+        records = [f"m{n}" for n in range(6)]
+        assert {Status.DISABLED_FOR_STREAM: 6} == dict((await email.composite(records)).counts)
         assert [] == await email.history("m0")
-        assert [(Claim.CLAIMED, Status.RUNNING)] * 6 == await audit.claim(records)
-        blocked = await email.try_handle("email", "bot-1")
-        assert (True, ()) == (blocked.blocked, blocked.records)
+        assert {Status.AVAILABLE_BY_DEFAULT: 6} == dict((await audit.composite(records)).counts)
         await email.enable_stream()
         assert not await email.stream_disabled()
         with pytest.raises(InvalidTransition):
             await email.enable_stream()
-        assert [(Claim.CLAIMED, Status.RUNNING)] * 6 == await email.claim(records)
+        assert {Status.AVAILABLE_BY_DEFAULT: 6} == dict((await email.composite(records)).counts)
         switches = await email.switch_history()
         assert [Action.DISABLE_STREAM, Action.ENABLE_STREAM] == [s.action for s in switches]
         assert "SMTP relay down" == switches[0].details
@@ -320,92 +297,34 @@ def test_a_disabled_stream_blocks_claims_for_its_concern_only(
     run(scenario())
 
 
-def test_try_handle_claims_new_entries_and_acks_the_skipped(
-    backend: Backend, run: Run[None]
-) -> None:
-    """try_handle creates the group, claims available records, acks the ones not claimable,
-    and leaves the claimed ones pending for the commit that records their outcome."""
-    sub = backend.subsystem("mail", partitions=2)
-    writer = sub.writer(OPS)
-    store = _store(sub)
-    client = backend.client()
-
-    async def scenario() -> None:
-        puts = [await writer.put(Ping(n=n), object_id=f"obj-{n}", message_id=f"id{n}")
-                for n in range(4)]  # fmt: skip
-        await store.claim([("id1", "obj-1")])
-        await store.complete("id1", object_id="obj-1")
-        got = await store.try_handle("email", "bot-1", count=10)
-        assert (False, ()) == (got.blocked, got.invalid)
-        assert [Ping(n=0), Ping(n=2), Ping(n=3)] == sorted(
-            (r.message for r in got.records), key=lambda m: m.n if isinstance(m, Ping) else -1
-        )
-        assert (("id1", Status.COMPLETED),) == got.skipped
-        for n in (0, 2, 3):
-            assert Status.RUNNING == await store.status(f"id{n}", f"obj-{n}")
-        pending = 0
-        for part in sub.keys.all():
-            pending += (await client.xpending(part.stream(OPS), "email"))["pending"]
-        assert 3 == pending
-        again = await store.try_handle("email", "bot-2", count=10)
-        assert ((), ()) == (again.records, again.skipped)
-        assert 4 == len(puts)
-
-    run(scenario())
-
-
-def test_try_handle_leaves_an_undecodable_entry_pending_and_goes_on(
-    backend: Backend, run: Run[None]
-) -> None:
-    """An entry that is not an envelope is reported in ``invalid``, not claimed nor acked
-    (the dead-letter path takes it from the pending list); the good entries are claimed."""
-    sub = backend.subsystem("mail")
-    writer = sub.writer(OPS)
-    store = _store(sub)
-    client = backend.client()
-    stream = sub.keys.partition(0).stream(OPS)
-
-    async def scenario() -> None:
-        await writer.put(Ping(n=1), message_id="good1")
-        junk = as_str(await client.xadd(stream, {"not": "an envelope"}))
-        await writer.put(Ping(n=2), message_id="good2")
-        got = await store.try_handle("email", "bot-1", count=10)
-        assert [Ping(n=1), Ping(n=2)] == [r.message for r in got.records]
-        assert [junk] == [error.entry_id for error in got.invalid]
-        pending = await client.xpending_range(stream, "email", min="-", max="+", count=10)
-        assert 3 == len(pending)
-
-    run(scenario())
-
-
 def test_a_bot_commit_changes_status_with_its_outputs_or_not_at_all(
     backend: Backend, run: Run[None]
 ) -> None:
-    """transition() joins a commit batch: a refused change refuses the outputs with it."""
+    """A settle joins a commit: a refused change refuses the outputs with it."""
     sub = backend.subsystem("mail")
     store = _store(sub)
     client = backend.client()
     part = sub.keys.partition(0)
     events = sub.writer(Kind.EVENTS)
+    record = (part, OPS, "email", "m1")
 
     async def scenario() -> None:
-        await store.claim([("m1", "")])
-        batch = Batch()
-        batch.put(part, Kind.EVENTS, events.envelope(Ping(n=1), object_id="x"))
-        transition(batch, part, OPS, "email", "m1", Action.COMPLETE, details="sent")
-        await batch.run(client)
+        commit = Commit()
+        commit.put(sub.keys, Kind.EVENTS, events.envelope(Ping(n=1), object_id="x"))
+        commit.settle(Action.COMPLETE, details="sent", record=record)
+        await commit.run(client)
         assert Status.COMPLETED == await store.status("m1")
         assert 1 == await client.xlen(part.stream(Kind.EVENTS))
         before = await _everything(client)
-        batch = Batch()
-        batch.put(part, Kind.EVENTS, events.envelope(Ping(n=2), object_id="x"))
-        transition(batch, part, OPS, "email", "m1", Action.COMPLETE)
+        commit = Commit()
+        commit.put(sub.keys, Kind.EVENTS, events.envelope(Ping(n=2), object_id="x"))
+        commit.settle(Action.COMPLETE, record=record)
         with pytest.raises(InvalidTransition) as refusal:
-            await batch.run(client)
+            await commit.run(client)
         assert "Completed" == refusal.value.current
         assert before == await _everything(client)
         with pytest.raises(ConfigurationError):
-            transition(Batch(), part, OPS, "email", "m1", Action.DISABLE_STREAM)
+            Commit().settle(Action.DISABLE_STREAM, record=record)
 
     run(scenario())
 
@@ -417,11 +336,12 @@ def test_status_lives_in_the_partition_of_the_object(backend: Backend, run: Run[
     client = backend.client()
 
     async def scenario() -> None:
-        await store.claim([("m1", "order-9"), ("m2", "")])
+        await store.apply("m1", Action.CLAIM, object_id="order-9")
+        await store.apply("m2", Action.CLAIM)
         at_object = sub.keys.for_object("order-9").handling_status(OPS, "email")
         at_message = sub.keys.for_object("m2").handling_status(OPS, "email")
-        assert b"Running" == await client.hget(at_object, "m1")
-        assert b"Running" == await client.hget(at_message, "m2")
+        assert Status.RUNNING == decode_stored(await client.hget(at_object, "m1"))[0]
+        assert Status.RUNNING == decode_stored(await client.hget(at_message, "m2"))[0]
         assert Status.RUNNING == await store.status("m1", "order-9")
 
     run(scenario())
@@ -441,7 +361,8 @@ def test_composite_answers_over_ids_and_over_a_tag(backend: Backend, run: Run[No
             assert put.written
             ids.append(f"a{n}")
         await writer.put(Ping(n=9), tags=[("to", "bob@example.com")], message_id="b0")
-        await store.claim([(i, "") for i in ids])
+        for record in ids:
+            await store.apply(record, Action.CLAIM)
         await store.complete("a0")
         await store.complete("a1")
         await store.fail("a2", "bounced")

@@ -88,12 +88,10 @@ def test_every_key_of_a_partition_has_its_hash_tag() -> None:
         part.tag_index(Kind.EVENTS, "to", "a@example.com"),
         part.sequence(Kind.CLIENT_OPERATIONS),
         part.aggregate("n-1"),
-        part.aggregate_message_ids("n-1"),
-        part.versions,
         part.delayed(Kind.INTERNAL_OPERATIONS),
         part.handling_status(Kind.EVENTS, "email"),
-        part.handling_history(Kind.EVENTS, "email", "1-0"),
         part.handling_flags(Kind.EVENTS),
+        part.handling_flags_log(Kind.EVENTS),
         part.outbox,
     ]
 
@@ -146,13 +144,6 @@ def test_tag_names_that_would_share_keys_are_refused(name: str) -> None:
 def test_good_names_are_kept_as_given() -> None:
     """Dots, dashes and underscores are fine in a subsystem name."""
     assert "{billing.eu-west_1.0}" == SubsystemKeys("billing.eu-west_1").partition(0).tag
-
-
-def test_an_aggregate_named_like_another_ones_ids_key_does_not_collide() -> None:
-    """Aggregate "x:ids" and the message-id hash of aggregate "x" are different keys."""
-    part = PartitionKeys("bank", 0)
-
-    assert part.aggregate("x:ids") != part.aggregate_message_ids("x")
 
 
 @pytest.mark.parametrize("concern", ["", "a:b", "has space", "{tag}"])

@@ -41,7 +41,7 @@ from examples.notification.saga import NotificationSaga, saga_id
 from streamcqrs.domain import Event, Message, new_message_id
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import Context, PutOutput, Retry
-from streamcqrs.streams import Batch, Subsystem, SubsystemKeys, decode, encode, now_ms
+from streamcqrs.streams import Commit, Subsystem, SubsystemKeys, decode, encode, now_ms
 from tests.support import Backend, Run
 
 ARRIVALS = ("start", "email", "slack", "deadline")
@@ -84,11 +84,11 @@ class Harness:
             result = spec.fn(message, ctx)
             if inspect.isawaitable(result):
                 await result
-            batch = Batch()
-            ctx.compile(batch)
+            commit = Commit()
+            ctx.fill(commit)
             try:
-                if batch:
-                    await batch.run(self.client)
+                if commit:
+                    await commit.run(self.client)
                 return ctx
             except ConcurrencyConflict:
                 continue

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import redis
 
+from streamcqrs.streams import now_ms
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -35,14 +36,14 @@ from streamcqrs.streams.cli._common import (
     partitions,
     stream_entries,
 )
-from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.deadletter import KIND as DEAD
 from streamcqrs.streams.deadletter import DeadLetter, decode_dead_letter
 from streamcqrs.streams.delayed import Delayed
-from streamcqrs.streams.envelope import Envelope, as_str, now_ms, parse
+from streamcqrs.streams.envelope import Envelope, as_str, parse
 from streamcqrs.streams.errors import DecodeError
-from streamcqrs.streams.handling import CLAIMABLE, Action, HistoryEntry, Status, transition
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.statuses import CLAIMABLE, Action, Status, decode_stored
 
 OPERATOR = "operator"
 """The concern under which the dead-letter stream's own handling (retried, archived) is kept."""
@@ -142,8 +143,9 @@ def dead_letters(client: redis.Redis, keys: SubsystemKeys, out: TextIO) -> Itera
             except DecodeError as exc:
                 out.write(f"# skipped entry {entry_id} of {key}: {exc.reason}\n")
                 continue
-            mark = client.hget(marks, record)
-            state = STATES.get(as_str(mark), as_str(mark)) if mark else "open"
+            stored_mark = client.hget(marks, record)
+            mark = decode_stored(stored_mark)[0].value if stored_mark else None
+            state = STATES.get(mark, mark) if mark else "open"
             yield Found(part, entry_id, record, state, stored.letter)
 
 
@@ -195,19 +197,16 @@ def dead_list_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def mark(batch: Batch, found: Found, to: Status, action: Action, details: str) -> None:
+def mark(batch: Commit, found: Found, to: Status, action: Action, details: str) -> None:
     """Add the dead letter's mark (retried or archived) to ``batch``; only from open."""
-    entry = HistoryEntry(now_ms(), to, action, details, (), actor()).to_bytes()
-    batch.status(
-        found.part.handling_status(DEAD, OPERATOR),
-        found.part.handling_history(DEAD, OPERATOR, found.record),
-        found.record, to.value, entry,
-        allowed_from=sorted(CLAIMABLE), concern=OPERATOR, action=f"{action.value} dead letter",
-    )  # fmt: skip
+    del to  # the action's own status: Completed for a retry, ArchivedAfterFailure for archive
+    batch.settle(action, details=details, actor=actor(),
+                 record=(found.part, DEAD, OPERATOR, found.record),
+                 allowed_from=sorted(CLAIMABLE), label=f"{action.value} dead letter")  # fmt: skip
 
 
 def put_back(
-    batch: Batch, part: PartitionKeys, kind: Kind, envelope: Envelope, concern: str
+    batch: Commit, part: PartitionKeys, kind: Kind, envelope: Envelope, concern: str
 ) -> None:
     """Put an entry back into its stream: for one concern through the delayed set (due now),
     or for every consumer directly."""
@@ -215,14 +214,14 @@ def put_back(
         member = Delayed(kind.value, envelope, concern=concern).pack()
         batch.delay(part.delayed(kind), now_ms(), member)
     else:
-        batch.put(part, kind, envelope)
+        batch.put_at(part, kind, envelope)
 
 
 def _original_status(
     client: redis.Redis, part: PartitionKeys, kind: Kind, concern: str, record: str
 ) -> str:
     found = client.hget(part.handling_status(kind, concern), record)
-    return as_str(found) if found else Status.AVAILABLE_BY_DEFAULT.value
+    return decode_stored(found)[0].value
 
 
 def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
@@ -231,7 +230,7 @@ def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
         raise CommandError(f"dead letter {found.id} is already {found.state}")
     letter = found.letter
     part, kind = origin(letter.stream)
-    batch = Batch()
+    batch = Commit()
     failed = bool(letter.concern and letter.message_id) and (
         _original_status(client, part, kind, letter.concern, letter.message_id)
         == Status.FAILED.value
@@ -239,9 +238,8 @@ def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
     if act == "archive":
         mark(batch, found, Status.ARCHIVED_AFTER_FAILURE, Action.ARCHIVE_FAILURE, "archived")
         if failed:
-            transition(batch, part, kind, letter.concern, letter.message_id,
-                       Action.ARCHIVE_FAILURE, details="archived from its dead letter",
-                       actor=actor())  # fmt: skip
+            batch.settle(Action.ARCHIVE_FAILURE, details="archived from its dead letter",
+                         actor=actor(), record=(part, kind, letter.concern, letter.message_id))
         batch.run_sync(client)
         return f"archived {found.id}" + (
             f" ({letter.concern}: ArchivedAfterFailure)" if failed else ""
@@ -254,8 +252,8 @@ def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
         ) from None
     mark(batch, found, Status.COMPLETED, Action.COMPLETE, "retried")
     if failed:
-        transition(batch, part, kind, letter.concern, letter.message_id, Action.RESET_FAILED,
-                   details="retried from its dead letter", actor=actor())  # fmt: skip
+        batch.settle(Action.RESET_FAILED, details="retried from its dead letter", actor=actor(),
+                     record=(part, kind, letter.concern, letter.message_id))
     # A handler's failure is retried for its concern only; bad input (never claimed) was
     # bad for every consumer of the stream, so it goes back to all of them.
     concern = letter.concern if failed else ""

@@ -23,11 +23,11 @@ from streamcqrs.streams.cli._common import (
     stream_ref,
 )
 from streamcqrs.streams.cli._deadletters import Found, actor, dead_letters, mark, put_back
-from streamcqrs.streams.commit import Batch
+from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import Envelope, as_str, parse
 from streamcqrs.streams.errors import DecodeError
-from streamcqrs.streams.handling import Action, HistoryEntry, Status, transition
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
+from streamcqrs.streams.statuses import Action, Status, decode_stored
 
 
 def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -81,19 +81,19 @@ def failed_records(
     }
     for part in keys.all():
         statuses = part.handling_status(kind, concern)
-        records = [
-            as_str(record)
-            for record, status in client.hscan_iter(statuses)
-            if as_str(status) == Status.FAILED.value
-        ]
+        histories = {
+            as_str(record): history
+            for record, value in client.hscan_iter(statuses)
+            for status, history in [decode_stored(value)]
+            if status is Status.FAILED
+        }
+        records = list(histories)
         if not records:
             continue
         originals = _originals(client, part, kind, set(records))
         for record in sorted(records):
-            history: list[bytes] = client.lrange(  # type: ignore[assignment]
-                part.handling_history(kind, concern, record), -1, -1
-            )  # a client without decode_responses answers bytes
-            last = HistoryEntry.from_bytes(history[0]).details if history else ""
+            history = histories[record]
+            last = history[-1].details if history else ""
             letter = letters.get((record, concern))
             envelope = originals.get(record)
             if envelope is None and letter is not None:
@@ -147,7 +147,7 @@ def failed_command(args: argparse.Namespace, out: TextIO) -> int:
     if missing:
         raise CommandError(f"not Failed {where}: {sorted(missing)}; see 'failed list'")
     for each in chosen:
-        batch = Batch()
+        batch = Commit()
         if args.act == "archive":
             archive(batch, each, kind, args.concern)
         else:
@@ -171,16 +171,16 @@ def _row(record: FailedRecord) -> dict[str, Any]:
     }
 
 
-def archive(batch: Batch, record: FailedRecord, kind: Kind, concern: str) -> None:
+def archive(batch: Commit, record: FailedRecord, kind: Kind, concern: str) -> None:
     """Add Failed -> ArchivedAfterFailure (and its dead letter's mark) to ``batch``."""
-    transition(batch, record.part, kind, concern, record.record, Action.ARCHIVE_FAILURE,
-               details="archived by an operator", actor=actor())  # fmt: skip
+    batch.settle(Action.ARCHIVE_FAILURE, details="archived by an operator", actor=actor(),
+                 record=(record.part, kind, concern, record.record))  # fmt: skip
     if record.letter is not None:
         mark(batch, record.letter, Status.ARCHIVED_AFTER_FAILURE, Action.ARCHIVE_FAILURE,
              "archived with its Failed record")  # fmt: skip
 
 
-def retry(batch: Batch, record: FailedRecord, kind: Kind, concern: str) -> None:
+def retry(batch: Commit, record: FailedRecord, kind: Kind, concern: str) -> None:
     """Add Failed -> AvailableAfterFailure, the dead letter's mark and the entry put back for
     ``concern`` to ``batch``."""
     if record.envelope is None:
@@ -188,8 +188,8 @@ def retry(batch: Batch, record: FailedRecord, kind: Kind, concern: str) -> None:
             f"record {record.record} is no longer in its stream and has no dead letter to take "
             "it from (trimmed?); archive it instead"
         )
-    transition(batch, record.part, kind, concern, record.record, Action.RESET_FAILED,
-               details="retried by an operator", actor=actor())  # fmt: skip
+    batch.settle(Action.RESET_FAILED, details="retried by an operator", actor=actor(),
+                 record=(record.part, kind, concern, record.record))  # fmt: skip
     if record.letter is not None:
         mark(batch, record.letter, Status.COMPLETED, Action.COMPLETE,
              "retried with its Failed record")  # fmt: skip

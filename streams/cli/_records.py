@@ -14,6 +14,7 @@ from typing import Any, TextIO, cast
 import redis
 
 from streamcqrs.domain.ids import new_message_id
+from streamcqrs.streams import now_ms
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -28,8 +29,8 @@ from streamcqrs.streams.cli._common import (
     stream_entries,
     stream_ref,
 )
-from streamcqrs.streams.commit import Batch
-from streamcqrs.streams.envelope import Entry, as_str, entries, now_ms, parse, script_entry
+from streamcqrs.streams.commit import Commit
+from streamcqrs.streams.envelope import Entry, as_str, entries, parse, script_entry
 from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.handling import HandlingStore
 from streamcqrs.streams.keys import Kind, SubsystemKeys
@@ -376,8 +377,8 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
         if args.dry_run:
             emit(out, [describe(key, entry_id, raw)], args.json)
         else:
-            batch = Batch()
-            batch.put(part_for(target, envelope), target_kind, envelope)
+            batch = Commit()
+            batch.put_at(part_for(target, envelope), target_kind, envelope)
             batch.run_sync(client)
         replayed += 1
     verb = "would replay" if args.dry_run else "replayed"

@@ -1,157 +1,87 @@
--- commit.lua: apply a batch of writes atomically, after checking all their preconditions.
+-- commit.lua: apply one or more commits, each atomically after checking its preconditions.
+-- luacheck: globals KEYS ARGV redis unpack
 --
--- Why atomic: a handler's outputs (entries, aggregate events, delayed work, handling status)
--- and the ack of its input must all happen or none; an optimistic-concurrency check must see
--- the state it guards. Redis runs a script without interleaving, so checks then writes in one
--- script is the commit. Every key is passed in KEYS (one cluster slot: callers keep all keys of
--- a commit under one hash tag); ARGV is a flat program of ops that name keys by KEYS index.
+-- Why atomic: a handler's outputs (entries, aggregate events, delayed work), its record's
+-- handling status and the ack of its input must all happen or none; an optimistic-concurrency
+-- check must see the state it guards. Redis runs a script without interleaving, so "check
+-- every precondition of a commit, then write it" inside one script is the commit. One call
+-- carries many independent commits (a bot's whole round): each is checked and applied on its
+-- own, in order, so a later commit sees what an earlier one wrote, and one commit's failed
+-- check (a version conflict, a lost entry) leaves the others untouched.
 --
--- ARGV: a sequence of ops, each an opcode followed by its operands:
---   PUT    stream index byid ntag tag... strategy keep obj maxlen nfield field...
---          strategy: write | skip | raise | prune (keep the newest `keep` entries of obj;
---          byid is the per-object zset prune uses, 0 otherwise). maxlen 0 = no trim.
---   APPEND aggstream versions msgids events evindex aggid expected nevent
---          then per event: msgid ntag tag... nfield field...
---          expected -1 = no version check. Each event also goes to the events stream.
---   ACK    stream group nid id...
+-- KEYS: every key the commits touch (declared for cluster routing and ACLs; on a cluster the
+--       caller sends only commits of one hash tag per call).
+-- ARGV: commits, each  BEGIN nkeys key... op...  where ops name keys by index into the
+--       commit's own key list, and each op is an opcode followed by its operands:
+--   OWNS   stream group consumer id   the input entry is still pending on this consumer (a
+--          bot slower than the visibility timeout lost it to XAUTOCLAIM: NOTOWNER, nothing
+--          is written, the new owner commits instead). Checked with the other preconditions.
+--   ACK    stream group id
+--   PUT    stream index byid ntag tag... strategy keep obj maxlen recent older token
+--          nfield field...
+--          strategy: write | skip | raise | prune (keep the newest `keep` entries of obj; byid
+--          is the per-object zset prune uses, 0 otherwise). index 0 = no latest-by-id index.
+--          maxlen 0 = no trim. skip/raise see a record of obj in the index (not trimmed).
+--          recent/older (0 = none): for a standalone put, which redis-py may re-send after a
+--          lost reply, the hashes of the puts made this minute and the minute before (token ->
+--          entry id). The token is unique to this call, so a put found there is this very
+--          call, re-sent: reply {that entry, 1} and write nothing. (A new put of the same
+--          message, as a retry or an operator's re-put, has a new token and is written.)
+--          Only the put's own script reads these hashes: a write-only client needs no read
+--          grant on its stream.
+--   APPEND agglist events evindex aggid expected nevent then per event:
+--          element ntag tag... nfield field...
+--          agglist is the aggregate's own list of packed events (a msgpack array; the commit
+--          adds the event's entry id in the events stream as its last item); an optional
+--          first item "H<base>" says `base` older events were compacted away behind a
+--          snapshot. version = base + events in the list; expected -1 = no version check.
+--          The fields go to the subsystem's events stream with "seq" = the new version.
+--          An append whose events are the aggregate's last ones (same message ids, the first
+--          item of each element) is a replay: nothing is written, the originals' entry ids
+--          are returned.
+--   SETTLE hash record newstatus nallowed allowed... entry
+--          a record's handling status for one concern: the hash field holds
+--          "<status>|<history entries, packed, oldest first>". Refused (STATUS) unless the
+--          current status (absent = AvailableByDefault) is allowed (none listed = any); a
+--          replay of this very change (status already newstatus, history ending with entry)
+--          writes nothing and succeeds.
+--   SWITCH hash log field newvalue nallowed allowed... entry
+--          a stream or record switch: field = newvalue if the current value is allowed, and
+--          entry pushed onto the switch log list.
 --   DELAY  zset score member
---   STATUS statushash history record newstatus nallowed allowed... entry
---          (allowed empty = any current status; absent status reads as AvailableByDefault)
---   DEL    key                         (delete a key, e.g. a consumed delayed member's body)
+--   TAKE   zset member                 remove a delayed member that must still be there; if
+--                                      another mover took it: GONE
 --   ZREM   zset member
---   TAKE   zset member                (remove member; if it is already gone, fail with GONE:
---                                      another bot took it, so this batch must not run)
---   OWNS   stream group consumer nid id...
---          (check only: each entry is still pending in group AND owned by consumer; if not,
---           fail with NOTOWNER: the entry was taken over by XAUTOCLAIM from a bot that was
---           slower than the visibility timeout, and the new owner will commit it instead.
---           Checked with the other preconditions, so a bot that lost its entry writes nothing)
+--   DEL    key
 --   TOUCH  stream group consumer idle nid id...
---          (for each entry still owned by consumer: XCLAIM it to itself with IDLE idle, JUSTID.
---           idle 0 keeps a long-running handler's claim; a huge idle releases the entry so
---           another bot's XAUTOCLAIM takes it at once. Entries owned by another are skipped)
---   OUTBOX outbox nfield field...
---          (XADD to the partition's outbox: an output bound for another cluster slot, encoded
---           as the KEYS and ARGV of a commit there; a relay forwards it, de-duplicated by id)
--- Returns: one reply per op, in order:
---   PUT -> {entry_id, written}   APPEND -> {version, {entry_id...}, written}
---   TOUCH -> {entry_id...} (the ones still owned)   OUTBOX -> entry_id   others -> 1
--- Errors (nothing is written): "CONFLICT <aggid> <expected> <actual>",
---   "DUPLICATE <obj> <entry_id>", "STATUS <record> <current>", "GONE <member>",
---   "NOTOWNER <stream> <entry_id>", "MIXED <aggid> <repeated> <total>" (an append whose
---   event ids are partly already stored).
+--          each entry still owned by consumer: XCLAIM to itself with IDLE idle, JUSTID (0 keeps
+--          a long handler's claim; a huge idle hands it to the next XAUTOCLAIM).
+--   OUTBOX outbox nfield field...     XADD to the partition's outbox (cluster: a commit for
+--                                      another slot, forwarded by the relay)
+-- Returns: per commit, {1, {reply per op}} or {0, error}:
+--   PUT -> {entry_id, written}  APPEND -> {version, {entry_id...}, written}
+--   TOUCH -> {entry_id...} (still owned)  OUTBOX -> entry_id  others -> 1
+--   errors: "CONFLICT <aggid> <expected> <actual>", "DUPLICATE <obj> <entry_id>",
+--   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
+--   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids).
 
-local ops = {}
 local i = 1
+local K = {}
 local function nxt()
   local v = ARGV[i]
   i = i + 1
   return v
 end
-local function key() return KEYS[tonumber(nxt())] end
+local function key() return K[tonumber(nxt())] end
+local function optkey()
+  local k = tonumber(nxt())
+  if k == 0 then return false end
+  return K[k]
+end
 local function list(n, f)
   local out = {}
   for _ = 1, n do out[#out + 1] = f() end
   return out
-end
-local function optkey()
-  local k = tonumber(nxt())
-  if k == 0 then return false end
-  return KEYS[k]
-end
-
--- Parse and check every op before writing anything.
-while i <= #ARGV do
-  local code = nxt()
-  local op = {code = code}
-  if code == 'PUT' then
-    op.stream = key(); op.index = optkey(); op.byid = optkey()
-    op.tags = list(tonumber(nxt()), key)
-    op.strategy = nxt(); op.keep = tonumber(nxt()); op.obj = nxt()
-    op.maxlen = tonumber(nxt())
-    op.fields = list(tonumber(nxt()), nxt)
-    if op.obj ~= '' and op.index and op.strategy ~= 'write' and op.strategy ~= 'prune' then
-      local found = redis.call('HGET', op.index, op.obj)
-      if found and #redis.call('XRANGE', op.stream, found, found) == 0 then
-        found = false  -- the indexed record was trimmed: nothing to skip for or refuse
-      end
-      if found then
-        if op.strategy == 'raise' then
-          return redis.error_reply('DUPLICATE ' .. op.obj .. ' ' .. found)
-        end
-        op.existing = found
-      end
-    end
-  elseif code == 'APPEND' then
-    op.agg = key(); op.versions = key(); op.msgids = key(); op.events = key()
-    op.evindex = optkey(); op.aggid = nxt(); op.expected = tonumber(nxt())
-    op.list = list(tonumber(nxt()), function()
-      local ev = {msgid = nxt()}
-      ev.tags = list(tonumber(nxt()), key)
-      ev.fields = list(tonumber(nxt()), nxt)
-      return ev
-    end)
-    local originals = {}
-    for _, ev in ipairs(op.list) do
-      local seen = redis.call('HGET', op.msgids, ev.msgid)
-      if seen then originals[#originals + 1] = seen end
-    end
-    op.actual = tonumber(redis.call('HGET', op.versions, op.aggid) or '0')
-    if #originals > 0 and #originals < #op.list then
-      -- Some ids repeat and some are new: not a retry of one append, and neither returning
-      -- the originals (dropping the new events) nor writing (repeating the old) is right.
-      return redis.error_reply(
-        'MIXED ' .. op.aggid .. ' ' .. #originals .. ' ' .. #op.list)
-    elseif #originals > 0 then
-      op.originals = originals
-    elseif op.expected >= 0 and op.expected ~= op.actual then
-      return redis.error_reply(
-        'CONFLICT ' .. op.aggid .. ' ' .. op.expected .. ' ' .. op.actual)
-    end
-  elseif code == 'ACK' then
-    op.stream = key(); op.group = nxt(); op.ids = list(tonumber(nxt()), nxt)
-  elseif code == 'DELAY' then
-    op.zset = key(); op.score = nxt(); op.member = nxt()
-  elseif code == 'STATUS' then
-    op.hash = key(); op.history = key(); op.record = nxt(); op.status = nxt()
-    local allowed = list(tonumber(nxt()), nxt)
-    op.entry = nxt()
-    if #allowed > 0 then
-      local current = redis.call('HGET', op.hash, op.record) or 'AvailableByDefault'
-      local ok = false
-      for _, s in ipairs(allowed) do if s == current then ok = true end end
-      if not ok then
-        return redis.error_reply('STATUS ' .. op.record .. ' ' .. current)
-      end
-    end
-  elseif code == 'DEL' then
-    op.key = key()
-  elseif code == 'ZREM' then
-    op.zset = key(); op.member = nxt()
-  elseif code == 'TAKE' then
-    op.zset = key(); op.member = nxt()
-    if not redis.call('ZSCORE', op.zset, op.member) then
-      return redis.error_reply('GONE delayed entry already taken')
-    end
-    op.code = 'ZREM'
-  elseif code == 'OWNS' then
-    op.stream = key(); op.group = nxt(); op.consumer = nxt()
-    for _, id in ipairs(list(tonumber(nxt()), nxt)) do
-      -- pcall: a group that vanished (FLUSHALL) means the entry is not ours any more.
-      local found = redis.pcall('XPENDING', op.stream, op.group, id, id, 1, op.consumer)
-      if type(found) ~= 'table' or found.err or #found == 0 then
-        return redis.error_reply('NOTOWNER ' .. op.stream .. ' ' .. id)
-      end
-    end
-  elseif code == 'TOUCH' then
-    op.stream = key(); op.group = nxt(); op.consumer = nxt(); op.idle = nxt()
-    op.ids = list(tonumber(nxt()), nxt)
-  elseif code == 'OUTBOX' then
-    op.outbox = key(); op.fields = list(tonumber(nxt()), nxt)
-  else
-    return redis.error_reply('BADOP ' .. tostring(code))
-  end
-  ops[#ops + 1] = op
 end
 
 local function ms_of(id) return tonumber(string.match(id, '^(%d+)')) end
@@ -161,6 +91,167 @@ local function older(a, b)
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
   if am ~= bm then return tonumber(am) < tonumber(bm) end
   return tonumber(as) < tonumber(bs)
+end
+
+-- The raw bytes of the first item of a msgpack array (the message id of a packed event).
+local function first_item(packed)
+  local h = string.byte(packed, 2)
+  if not h then return '' end
+  if h >= 0xa0 and h <= 0xbf then return string.sub(packed, 2, 2 + h - 0xa0) end
+  if h == 0xd9 or h == 0xc4 then return string.sub(packed, 2, 3 + string.byte(packed, 3)) end
+  if h == 0xda or h == 0xc5 then
+    return string.sub(packed, 2, 4 + string.byte(packed, 3) * 256 + string.byte(packed, 4))
+  end
+  return string.sub(packed, 2, 2)
+end
+-- The last item of a packed event: its entry id in the events stream (a short str).
+local function last_item(packed)
+  local found = string.match(packed, '(%d+%-%d+)$')
+  return found or ''
+end
+
+-- An aggregate's version and the number of packed events (and header) in its list.
+local function aggregate_state(agg)
+  local n = redis.call('LLEN', agg)
+  if n == 0 then return 0, 0, 0 end
+  local head = redis.call('LINDEX', agg, 0)
+  if string.sub(head, 1, 1) == 'H' then return tonumber(string.sub(head, 2)) + n - 1, n - 1, 1 end
+  return n, n, 0
+end
+
+local function status_of(value)
+  if not value then return 'AvailableByDefault', '' end
+  local bar = string.find(value, '|', 1, true)
+  if not bar then return value, '' end
+  return string.sub(value, 1, bar - 1), string.sub(value, bar + 1)
+end
+
+local function allowed_in(allowed, current)
+  if #allowed == 0 then return true end
+  for _, s in ipairs(allowed) do if s == current then return true end end
+  return false
+end
+
+-- Parse one op (consuming its operands); return it, with what its check needs.
+local function parse(code)
+  local op = {code = code}
+  if code == 'OWNS' then
+    op.stream = key(); op.group = nxt(); op.consumer = nxt(); op.id = nxt()
+  elseif code == 'ACK' then
+    op.stream = key(); op.group = nxt(); op.id = nxt()
+  elseif code == 'PUT' then
+    op.stream = key(); op.index = optkey(); op.byid = optkey()
+    op.tags = list(tonumber(nxt()), key)
+    op.strategy = nxt(); op.keep = tonumber(nxt()); op.obj = nxt()
+    op.maxlen = tonumber(nxt()); op.recent = optkey(); op.older = optkey(); op.token = nxt()
+    op.fields = list(tonumber(nxt()), nxt)
+  elseif code == 'APPEND' then
+    op.agg = key(); op.events = key(); op.evindex = optkey(); op.aggid = nxt()
+    op.expected = tonumber(nxt())
+    op.list = list(tonumber(nxt()), function()
+      local ev = {element = nxt()}
+      ev.tags = list(tonumber(nxt()), key)
+      ev.fields = list(tonumber(nxt()), nxt)
+      return ev
+    end)
+  elseif code == 'SETTLE' then
+    op.hash = key(); op.record = nxt(); op.status = nxt()
+    op.allowed = list(tonumber(nxt()), nxt); op.entry = nxt()
+  elseif code == 'SWITCH' then
+    op.hash = key(); op.log = key(); op.field = nxt(); op.value = nxt()
+    op.allowed = list(tonumber(nxt()), nxt); op.entry = nxt()
+  elseif code == 'DELAY' then
+    op.zset = key(); op.score = nxt(); op.member = nxt()
+  elseif code == 'TAKE' or code == 'ZREM' then
+    op.zset = key(); op.member = nxt()
+  elseif code == 'DEL' then
+    op.key = key()
+  elseif code == 'TOUCH' then
+    op.stream = key(); op.group = nxt(); op.consumer = nxt(); op.idle = nxt()
+    op.ids = list(tonumber(nxt()), nxt)
+  elseif code == 'OUTBOX' then
+    op.outbox = key(); op.fields = list(tonumber(nxt()), nxt)
+  else
+    return nil, 'BADOP ' .. tostring(code)
+  end
+  return op
+end
+
+local function owned(stream, group, consumer, id)
+  -- pcall: a group that vanished (FLUSHALL) means the entry is not ours any more.
+  local found = redis.pcall('XPENDING', stream, group, id, id, 1, consumer)
+  return type(found) == 'table' and not found.err and #found > 0
+end
+
+-- Check one op against the current state; return an error text to refuse the commit.
+local function check(op)
+  local code = op.code
+  if code == 'OWNS' then
+    if not owned(op.stream, op.group, op.consumer, op.id) then
+      return 'NOTOWNER ' .. op.stream .. ' ' .. op.id
+    end
+  elseif code == 'PUT' then
+    if op.recent then
+      local found = redis.call('HGET', op.recent, op.token)
+      if not found and op.older then found = redis.call('HGET', op.older, op.token) end
+      if found then
+        op.existing = found; op.written = 1
+        return nil
+      end
+    end
+    if op.obj ~= '' and op.index and (op.strategy == 'skip' or op.strategy == 'raise') then
+      local found = redis.call('HGET', op.index, op.obj)
+      if found and #redis.call('XRANGE', op.stream, found, found) == 0 then
+        found = false  -- the indexed record was trimmed: nothing to skip for or refuse
+      end
+      if found then
+        if op.strategy == 'raise' then return 'DUPLICATE ' .. op.obj .. ' ' .. found end
+        op.existing = found
+      end
+    end
+  elseif code == 'APPEND' then
+    local version, stored, header = aggregate_state(op.agg)
+    op.actual = version
+    local k = #op.list
+    if k > 0 and stored > 0 then
+      local tail = redis.call('LRANGE', op.agg, -math.min(k, stored), -1)
+      local seen = {}
+      for _, packed in ipairs(tail) do seen[first_item(packed)] = last_item(packed) end
+      local repeated, originals = 0, {}
+      for _, ev in ipairs(op.list) do
+        local original = seen[first_item(ev.element)]
+        if original then
+          repeated = repeated + 1
+          originals[#originals + 1] = original
+        end
+      end
+      if repeated == k and #tail == k then
+        op.originals = originals
+        return nil
+      elseif repeated > 0 then
+        return 'MIXED ' .. op.aggid .. ' ' .. repeated .. ' ' .. k
+      end
+    end
+    if op.expected >= 0 and op.expected ~= op.actual then
+      return 'CONFLICT ' .. op.aggid .. ' ' .. op.expected .. ' ' .. op.actual
+    end
+  elseif code == 'SETTLE' then
+    local current, history = status_of(redis.call('HGET', op.hash, op.record))
+    op.history = history
+    if current == op.status and string.sub(history, -#op.entry) == op.entry then
+      op.replay = true  -- this very change, re-sent after a lost reply: already done
+    elseif not allowed_in(op.allowed, current) then
+      return 'STATUS ' .. op.record .. ' ' .. current
+    end
+  elseif code == 'SWITCH' then
+    local current = redis.call('HGET', op.hash, op.field) or 'AvailableByDefault'
+    if not allowed_in(op.allowed, current) then
+      return 'STATUS ' .. op.field .. ' ' .. current
+    end
+  elseif code == 'TAKE' then
+    if not redis.call('ZSCORE', op.zset, op.member) then return 'GONE delayed entry' end
+  end
+  return nil
 end
 
 -- XADD one entry, then index it by object id and by each tag key.
@@ -177,78 +268,101 @@ local function add(stream, index, tags, obj, fields, maxlen)
   return id
 end
 
-local replies = {}
-for _, op in ipairs(ops) do
+local function apply(op)
   local code = op.code
-  if code == 'PUT' then
-    if op.existing then
-      replies[#replies + 1] = {op.existing, 0}
-    else
-      local id = add(op.stream, op.index, op.tags, op.obj, op.fields, op.maxlen)
-      if op.byid and op.obj ~= '' then
-        redis.call('ZADD', op.byid, ms_of(id), id)
-        local extra = redis.call('ZCARD', op.byid) - op.keep
-        if extra > 0 then
-          -- Entries of one ms tie on score and ZRANGE would order them as strings
-          -- ("5-10" before "5-9"), pruning the newest: sort by id as numbers instead.
-          local all = redis.call('ZRANGE', op.byid, 0, -1)
-          table.sort(all, older)
-          local old = {}
-          for k = 1, extra do old[k] = all[k] end
-          redis.call('ZREM', op.byid, unpack(old))
-          redis.call('XDEL', op.stream, unpack(old))
-        end
-      end
-      replies[#replies + 1] = {id, 1}
-    end
-  elseif code == 'APPEND' then
-    if op.originals then
-      replies[#replies + 1] = {op.actual, op.originals, 0}
-    else
-      local version = op.actual
-      local ids = {}
-      for _, ev in ipairs(op.list) do
-        version = version + 1
-        ev.fields[#ev.fields + 1] = 'seq'
-        ev.fields[#ev.fields + 1] = tostring(version)
-        local id = redis.call('XADD', op.agg, '*', unpack(ev.fields))
-        redis.call('HSET', op.msgids, ev.msgid, id)
-        add(op.events, op.evindex, ev.tags, op.aggid, ev.fields, 0)
-        ids[#ids + 1] = id
-      end
-      redis.call('HSET', op.versions, op.aggid, version)
-      replies[#replies + 1] = {version, ids, 1}
-    end
+  if code == 'OWNS' then
+    return 1
   elseif code == 'ACK' then
-    if #op.ids > 0 then redis.call('XACK', op.stream, op.group, unpack(op.ids)) end
-    replies[#replies + 1] = 1
+    redis.call('XACK', op.stream, op.group, op.id)
+    return 1
+  elseif code == 'PUT' then
+    if op.existing then return {op.existing, op.written or 0} end
+    local id = add(op.stream, op.index, op.tags, op.obj, op.fields, op.maxlen)
+    if op.recent then
+      redis.call('HSET', op.recent, op.token, id)
+      redis.call('EXPIRE', op.recent, 150)
+    end
+    if op.byid and op.obj ~= '' then
+      redis.call('ZADD', op.byid, ms_of(id), id)
+      local extra = redis.call('ZCARD', op.byid) - op.keep
+      if extra > 0 then
+        -- Entries of one ms tie on score and ZRANGE would order them as strings
+        -- ("5-10" before "5-9"), pruning the newest: sort by id as numbers instead.
+        local all = redis.call('ZRANGE', op.byid, 0, -1)
+        table.sort(all, older)
+        local old = {}
+        for n = 1, extra do old[n] = all[n] end
+        redis.call('ZREM', op.byid, unpack(old))
+        redis.call('XDEL', op.stream, unpack(old))
+      end
+    end
+    return {id, 1}
+  elseif code == 'APPEND' then
+    if op.originals then return {op.actual, op.originals, 0} end
+    local version = op.actual
+    local ids, elements = {}, {}
+    for _, ev in ipairs(op.list) do
+      version = version + 1
+      ev.fields[#ev.fields + 1] = 'seq'
+      ev.fields[#ev.fields + 1] = tostring(version)
+      local id = add(op.events, op.evindex, ev.tags, op.aggid, ev.fields, 0)
+      ids[#ids + 1] = id
+      elements[#elements + 1] = ev.element .. string.char(0xa0 + #id) .. id
+    end
+    if #elements > 0 then redis.call('RPUSH', op.agg, unpack(elements)) end
+    return {version, ids, 1}
+  elseif code == 'SETTLE' then
+    if not op.replay then
+      redis.call('HSET', op.hash, op.record, op.status .. '|' .. op.history .. op.entry)
+    end
+    return 1
+  elseif code == 'SWITCH' then
+    redis.call('HSET', op.hash, op.field, op.value)
+    redis.call('RPUSH', op.log, op.entry)
+    return 1
   elseif code == 'DELAY' then
     redis.call('ZADD', op.zset, op.score, op.member)
-    replies[#replies + 1] = 1
-  elseif code == 'STATUS' then
-    redis.call('HSET', op.hash, op.record, op.status)
-    redis.call('RPUSH', op.history, op.entry)
-    replies[#replies + 1] = 1
+    return 1
+  elseif code == 'TAKE' or code == 'ZREM' then
+    redis.call('ZREM', op.zset, op.member)
+    return 1
   elseif code == 'DEL' then
     redis.call('DEL', op.key)
-    replies[#replies + 1] = 1
-  elseif code == 'ZREM' then
-    redis.call('ZREM', op.zset, op.member)
-    replies[#replies + 1] = 1
-  elseif code == 'OWNS' then
-    replies[#replies + 1] = 1
+    return 1
   elseif code == 'TOUCH' then
     local kept = {}
     for _, id in ipairs(op.ids) do
-      local found = redis.pcall('XPENDING', op.stream, op.group, id, id, 1, op.consumer)
-      if type(found) == 'table' and not found.err and #found > 0 then
+      if owned(op.stream, op.group, op.consumer, id) then
         redis.call('XCLAIM', op.stream, op.group, op.consumer, 0, id, 'IDLE', op.idle, 'JUSTID')
         kept[#kept + 1] = id
       end
     end
-    replies[#replies + 1] = kept
+    return kept
   elseif code == 'OUTBOX' then
-    replies[#replies + 1] = redis.call('XADD', op.outbox, '*', unpack(op.fields))
+    return redis.call('XADD', op.outbox, '*', unpack(op.fields))
   end
 end
-return replies
+
+local results = {}
+while i <= #ARGV do
+  if nxt() ~= 'BEGIN' then return redis.error_reply('BADOP a commit must start with BEGIN') end
+  K = list(tonumber(nxt()), nxt)
+  local ops, failed = {}, nil
+  while i <= #ARGV and ARGV[i] ~= 'BEGIN' do
+    local op, err = parse(nxt())
+    if not op then return redis.error_reply(err) end
+    ops[#ops + 1] = op
+  end
+  for _, op in ipairs(ops) do
+    failed = check(op)
+    if failed then break end
+  end
+  if failed then
+    results[#results + 1] = {0, failed}
+  else
+    local replies = {}
+    for _, op in ipairs(ops) do replies[#replies + 1] = apply(op) end
+    results[#results + 1] = {1, replies}
+  end
+end
+return results

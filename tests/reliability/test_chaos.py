@@ -20,8 +20,8 @@ import redis
 import redis.asyncio
 
 from streamcqrs.streams import Kind, Subsystem
-from streamcqrs.streams.handling import Action, HistoryEntry, Status
 from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.statuses import Action, HistoryEntry, Status, decode_stored
 from tests.reliability.apps import Do
 from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
 from tests.support import Backend, Run
@@ -56,8 +56,8 @@ def _produce(url: str, count: int, message_ids: dict[int, str], errors: list[str
 
 
 def _history(client: redis.Redis, record: str) -> list[HistoryEntry]:
-    raw = client.lrange(KEYS.handling_history(Kind.CLIENT_OPERATIONS, "do", record), 0, -1)
-    return [HistoryEntry.from_bytes(entry) for entry in raw]
+    stored = client.hget(KEYS.handling_status(Kind.CLIENT_OPERATIONS, "do"), record)
+    return [step for entry in decode_stored(stored)[1] for step in entry.steps()]
 
 
 def test_kill_nine_under_load_loses_and_duplicates_nothing(
@@ -115,11 +115,11 @@ def test_kill_nine_under_load_loses_and_duplicates_nothing(
     assert expected == dict(events), "each operation's event exactly once"
     assert {str(n).encode(): 1 for n in range(OPERATIONS)} == dict(notes)
     for aggregate in (f"job-{n}" for n in rng.sample(range(OPERATIONS), 50)):
-        assert 1 == client.xlen(KEYS.aggregate(aggregate))
+        assert 1 == client.llen(KEYS.aggregate(aggregate))
 
     statuses = client.hgetall(KEYS.handling_status(Kind.CLIENT_OPERATIONS, "do"))
     assert {message_ids[n].encode() for n in range(OPERATIONS)} == set(statuses)
-    assert {Status.COMPLETED.value.encode()} == set(statuses.values())
+    assert {Status.COMPLETED} == {decode_stored(value)[0] for value in statuses.values()}
     completions = reclaims = 0
     for n in range(OPERATIONS):
         history = _history(client, message_ids[n])

@@ -1,0 +1,253 @@
+"""Running a handler to its commit: the one path the bot and ``HandlerTest`` both take.
+
+``Runner.attempt`` turns a ``Delivery`` into the ``Commit`` its outcome writes; every commit
+checks that its consumer still owns the input and acks it, so a delivery settles once:
+
+==============  ==================================================================  ===========
+outcome         what the commit writes                                              status
+==============  ==================================================================  ===========
+handled         the handler's outputs                                               Completed
+``Retry``,      the input parked in its delayed set for this concern, due after     AvailableAfter
+an error        ``delay`` (or exponential backoff with jitter)                      Failure
+last attempt,   a dead letter with the reason and traceback                         Failed
+``Fail``, a
+declaration
+mistake
+``NotYet``      the input parked for this concern, due after ``delay``; no attempt  AvailableAfter
+                is used up                                                          SelfCancellation
+bad input       a dead letter with the reason and the raw entry (once per entry)    (none)
+not ours        nothing                                                             (none)
+==============  ==================================================================  ===========
+
+``Runner.handle`` commits the attempt through the caller's commit function and runs the
+handler again on fresh state after a version conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio
+import structlog
+
+from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
+from streamcqrs.handlers.context import Context
+from streamcqrs.handlers.delivery import Delivery, Verdict
+from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry
+from streamcqrs.streams import now_ms
+from streamcqrs.streams.commit import Commit
+from streamcqrs.streams.deadletter import dead_letter
+from streamcqrs.streams.errors import EncodeError, InvalidTransition
+from streamcqrs.streams.keys import PartitionKeys, SubsystemKeys
+from streamcqrs.streams.statuses import Action
+
+PERMANENT = (Fail, HandlerError, EncodeError)
+"""Errors no retry can fix: the record is Failed and dead-lettered at once."""
+
+CommitFn = Callable[[Commit], Awaitable[list[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between attempts."""
+
+    max_attempts: int = 5
+    """Attempts before a failing record is marked Failed and dead-lettered."""
+    retry_base: float = 1.0
+    """Seconds before the 2nd attempt; doubled for each further one (then jittered)."""
+    retry_cap: float = 300.0
+    """Longest wait between two attempts, in seconds."""
+    retry_jitter: float = 0.25
+    """Fraction of a retry delay taken off at random, so retries of a burst spread out."""
+    conflict_retries: int = 5
+    """Immediate re-runs of a handler whose append met a concurrency conflict."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 <= self.retry_jitter < 1:
+            raise ConfigurationError(f"retry_jitter must be in [0, 1), got {self.retry_jitter}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1 = the first).
+
+        Exponential (base * 2**(attempt-1), capped) with up to ``retry_jitter`` of it taken
+        off at random: each delay stays above the previous one's jittered range when the
+        jitter is under a half, so retries spread out yet still back off.
+        """
+        full = min(self.retry_cap, self.retry_base * 2.0 ** max(0, attempt - 1))
+        return full * (1 - self.retry_jitter * random.random())
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One run of a delivery: the commit its outcome writes, and how it went."""
+
+    commit: Commit
+    outcome: Action | None
+    """The status the commit settles (None: the entry is only acked, or dead-lettered)."""
+    context: Context | None = None
+    error: BaseException | None = None
+    """What the handler raised (Retry, NotYet, Fail or a failure), if anything."""
+
+
+class Runner:
+    """Runs deliveries' handlers and builds their commits, for one app on one client."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys_of: Mapping[str, SubsystemKeys],
+        *,
+        policy: RetryPolicy,
+        actor: str,
+        executor: Executor | None = None,
+        home: Callable[[Delivery], PartitionKeys | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.keys_of = keys_of
+        self.policy = policy
+        self.actor = actor
+        self.executor = executor
+        """Where plain ``def`` handlers run (None: asyncio's default executor)."""
+        self._home = home
+
+    def _commit(self, d: Delivery) -> Commit:
+        return Commit(d.input, home=self._home(d) if self._home else None)
+
+    async def handle(self, d: Delivery, commit: CommitFn, log: Any = None) -> Attempt:
+        """Run ``d`` and commit its outcome with ``commit``; after a version conflict, again.
+
+        A record another delivery already settled (the same message put twice) is acked
+        without its outputs. NotOwner (another consumer took the entry over) propagates.
+        """
+        log = log or structlog.get_logger("streamcqrs.handlers")
+        for _ in range(self.policy.conflict_retries + 1):
+            attempt = await self.attempt(d, log)
+            try:
+                await commit(attempt.commit)
+                return attempt
+            except ConcurrencyConflict as exc:
+                log.info("version conflict; running the handler again", error=str(exc))
+            except InvalidTransition as exc:
+                log.warning("record was already settled; acking this copy", error=str(exc))
+                ack = Attempt(self._commit(d), None)
+                await commit(ack.commit)
+                return ack
+        conflict = ConcurrencyConflict("", -1, -1)
+        conflict.args = (f"version conflict on {self.policy.conflict_retries + 1} runs in a row",)
+        failed = self.failure(d, log, conflict)
+        await commit(failed.commit)
+        return failed
+
+    async def attempt(self, d: Delivery, log: Any) -> Attempt:  # noqa: PLR0911 - one per outcome
+        """Run the handler (if the delivery is to be handled) and build its commit."""
+        if d.verdict is Verdict.SKIP:
+            return Attempt(self._commit(d), None)
+        if d.verdict is Verdict.DEAD:
+            log.warning("bad input; dead-lettering it", reason=str(d.error))
+            return self._dead(d, str(d.error), d.error, attempts=0, once_per_entry=True)
+        if d.crashes:
+            d.attempt = max(d.attempt, self.policy.max_attempts)
+            crash = HandlerError(
+                f"delivered {d.crashes} times without a commit: handling it kills or hangs the "
+                "bot (a crash, out of memory, a handler running past the visibility timeout "
+                "without yielding); fix the handler, then retry the dead letter"
+            )
+            return self.failure(d, log, crash)
+        assert d.spec is not None and d.input.envelope is not None
+        started = now_ms()
+        ctx = Context(
+            d.spec,
+            d.input.envelope,
+            entry_id=d.entry_id,
+            attempt=d.attempt,
+            client=self.client,
+            keys_of=self.keys_of,
+            types=d.source.types,
+            logger=log,
+        )
+        try:
+            if d.spec.is_async:
+                await cast(Awaitable[None], d.spec.fn(d.message, ctx))
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.executor, d.spec.fn, d.message, ctx)
+            commit = self._commit(d)
+            ctx.fill(commit)
+        except Retry as asked:
+            return self.failure(d, log, asked, delay=asked.delay, context=ctx, started_ms=started)
+        except NotYet as wait:
+            log.info("handler is not ready; looking again later", delay_s=wait.delay)
+            commit = self._commit(d)
+            commit.retry_later(now_ms() + int(wait.delay * 1000), d.attempt)
+            self._settle(commit, d, Action.SELF_CANCEL, wait.reason or str(wait), started)
+            return Attempt(commit, Action.SELF_CANCEL, ctx, wait)
+        except Exception as exc:  # a handler's error: retried, then Failed and dead-lettered
+            return self.failure(d, log, exc, context=ctx, started_ms=started)
+        self._settle(commit, d, Action.COMPLETE, "", started)
+        return Attempt(commit, Action.COMPLETE, ctx)
+
+    def failure(
+        self,
+        d: Delivery,
+        log: Any,
+        error: BaseException,
+        *,
+        delay: float | None = None,
+        context: Context | None = None,
+        started_ms: int = 0,
+    ) -> Attempt:
+        """Retry after backoff; or, after the last attempt or a permanent error, Failed."""
+        reason = f"{type(error).__name__}: {error}"
+        permanent = isinstance(error, PERMANENT)
+        if permanent or d.attempt >= self.policy.max_attempts:
+            why = reason if permanent else f"failed {d.attempt} attempts: {reason}"
+            log.error("handler failed for good", attempt=d.attempt, error=reason)
+            failed = self._dead(d, why, error, d.attempt)
+            self._settle(failed.commit, d, Action.FAIL, reason, started_ms)
+            return Attempt(failed.commit, Action.FAIL, context, error)
+        wait = self.policy.delay(d.attempt) if delay is None else delay
+        log.warning("handler failed; retrying", attempt=d.attempt, delay_s=round(wait, 3),
+                    error=reason, exc_info=not isinstance(error, Retry))  # fmt: skip
+        commit = self._commit(d)
+        commit.retry_later(now_ms() + int(wait * 1000), d.attempt + 1)
+        self._settle(commit, d, Action.RETRY, f"attempt {d.attempt}: {reason}", started_ms)
+        return Attempt(commit, Action.RETRY, context, error)
+
+    def _settle(
+        self, commit: Commit, d: Delivery, action: Action, details: str, started_ms: int
+    ) -> None:
+        """The input record's outcome, with when and how its attempt started."""
+        commit.settle(action, details=details, actor=self.actor, started_ms=started_ms,
+                      attempt=d.attempt, taken_over=d.taken_over)  # fmt: skip
+
+    def _dead(
+        self,
+        d: Delivery,
+        reason: str,
+        error: BaseException | None,
+        attempts: int,
+        *,
+        once_per_entry: bool = False,
+    ) -> Attempt:
+        letter = dead_letter(
+            reason=reason,
+            stream=d.input.stream,
+            entry_id=d.entry_id,
+            raw=d.input.raw,
+            concern=d.input.concern,
+            error=error,
+            attempts=attempts,
+        )
+        commit = self._commit(d)
+        commit.dead_letter(letter, once_per_entry=once_per_entry)
+        return Attempt(commit, None, error=error)
+
+
+__all__ = ["PERMANENT", "Attempt", "CommitFn", "RetryPolicy", "Runner"]
