@@ -50,7 +50,7 @@ CONSUMER_COMMANDS = (
     "xinfo|stream", "xrange", "xrevrange", "xlen",
 )  # fmt: skip
 """What a consumer-group member does on its input stream (XREADGROUP needs read and write)."""
-HANDLING_COMMANDS = ("hget", "hmget", "hset")
+HANDLING_COMMANDS = ("hget", "hmget", "hset", "hsetnx")
 """What a consumer does on its handling store: one hash of statuses with their history."""
 DELAYED_COMMANDS = ("zadd", "zrangebyscore", "zscore", "zrem", "zcard")
 """What a consumer does on its input's delayed set: park retries, take due entries."""

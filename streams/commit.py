@@ -166,8 +166,7 @@ class Commit:
         after a lost reply does not write twice (about 50 bytes per put while it lasts)."""
         if input is not None and input.in_group:
             stream = self._key(input.stream)
-            self._op("OWNS", stream, input.concern, input.consumer, input.entry_id)
-            self._op("ACK", stream, input.concern, input.entry_id)
+            self._op("INPUT", stream, input.concern, input.consumer, input.entry_id)
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -271,11 +270,12 @@ class Commit:
         obj = envelope.object_id
         prune = on_existing is OnExisting.PRUNE and obj
         byid = self._key(part.by_object(kind, obj)) if prune else 0
-        fields = [*envelope.fields(), *extra]
+        values = envelope.values()
         return self._op(
             "PUT", self._key(part.stream(kind)), self._key(part.index(kind)), byid,
             len(envelope.tags), *(self._key(part.tag_index(kind, n, v)) for n, v in envelope.tags),
-            on_existing.value, keep, obj, maxlen, *self._recent(part, kind), len(fields), *fields,
+            on_existing.value, keep, obj, maxlen, *self._recent(part, kind),
+            len(values), *values, len(extra), *extra,
         )  # fmt: skip
 
     def append(
@@ -301,13 +301,13 @@ class Commit:
             aggregate_id, -1 if expected_version is None else expected_version, len(envelopes),
         ]  # fmt: skip
         for envelope in envelopes:
-            fields = envelope.fields()
+            values = envelope.values()
             words += [
                 pack_event(envelope),
                 len(envelope.tags),
                 *(self._key(part.tag_index(Kind.EVENTS, n, v)) for n, v in envelope.tags),
-                len(fields),
-                *fields,
+                len(values),
+                *values,
             ]
         return self._op(*words)
 
@@ -353,6 +353,8 @@ class Commit:
     ) -> None:
         """Change a record's handling status, with a history entry; checked when it runs.
 
+        Add it last: the script then settles a record without a status in its check.
+
         The record is the input's (for its concern) unless ``record`` names (partition, kind,
         concern, record id). Refused with InvalidTransition if the stored status does not
         allow ``action`` (see ``statuses.STORED_FROM``); the whole commit is then refused.
@@ -374,10 +376,10 @@ class Commit:
         entry = HistoryEntry(
             now_ms(), to, action, details, as_tags(tags), actor, started_ms, attempt, taken_over
         ).to_bytes()
-        allowed = _SORTED_FROM[action] if allowed_from is None else sorted(allowed_from)
+        allowed = _SORTED_FROM[action] if allowed_from is None else ",".join(sorted(allowed_from))
         self._op(
             "SETTLE", self._key(part.handling_status(kind, concern)), record_id, to.value,
-            len(allowed), *allowed, entry,
+            allowed, entry,
         )  # fmt: skip
         self._context[record_id] = (concern, label or action.value)
 
@@ -510,8 +512,8 @@ class Commit:
         return StreamError(f"commit failed: {text}")
 
 
-_SORTED_FROM = {action: sorted(allowed) for action, allowed in STORED_FROM.items()}
-"""STORED_FROM with each allowed-from set as a sorted list, as the script takes it."""
+_SORTED_FROM = {action: ",".join(sorted(allowed)) for action, allowed in STORED_FROM.items()}
+"""STORED_FROM with each allowed-from set as the comma-separated list the script takes."""
 
 _REFUSALS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
     "CONFLICT": (3, lambda r: ConcurrencyConflict(r[0], int(r[1]), int(r[2]))),

@@ -34,6 +34,8 @@ from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams.errors import DecodeError, EncodeError
 
+FIELDS = ("id", "type", "schema", "obj", "corr", "cause", "at", "tags", "fmt", "data")
+"""The envelope's fields in the order every entry stores them (commit.lua keeps the same)."""
 Tags = tuple[tuple[str, str], ...]
 Entry = tuple[bytes, dict[bytes, bytes]]
 """One stream entry as XRANGE/XREAD return it on a client without decode_responses."""
@@ -65,20 +67,24 @@ class Envelope:
     fmt: bytes = MSGPACK
     seq: int | None = None
 
-    def fields(self) -> list[bytes | str | int]:
-        """The flat field/value list written with XADD."""
+    def values(self) -> list[bytes | str | int]:
+        """The field values in ``FIELDS`` order (commit.lua names them)."""
         return [
-            "id", self.message_id,
-            "type", self.type,
-            "schema", self.schema,
-            "obj", self.object_id,
-            "corr", self.correlation_id or self.message_id,
-            "cause", self.causation_id,
-            "at", self.created_at,
-            "tags", msgpack.packb([list(t) for t in self.tags]) if self.tags else b"",
-            "fmt", self.fmt,
-            "data", self.payload,
-        ]  # fmt: skip
+            self.message_id,
+            self.type,
+            self.schema,
+            self.object_id,
+            self.correlation_id or self.message_id,
+            self.causation_id,
+            self.created_at,
+            msgpack.packb([list(t) for t in self.tags]) if self.tags else b"",
+            self.fmt,
+            self.payload,
+        ]
+
+    def fields(self) -> list[bytes | str | int]:
+        """The flat field/value list of the entry, as XADD writes it."""
+        return [item for pair in zip(FIELDS, self.values(), strict=True) for item in pair]
 
     def entry(self) -> dict[bytes, bytes]:
         """The fields as a stream entry holds them, as XRANGE returns them."""

@@ -48,7 +48,7 @@ def test_partition_of_is_crc32_of_the_utf8_key(partitions: int) -> None:
 def test_partition_of_is_the_same_in_another_process() -> None:
     """A fresh interpreter with another PYTHONHASHSEED puts every key in the same partition."""
     code = (
-        "import json, sys; from streams import partition_of; "
+        "import json, sys; from streamcqrs.streams import partition_of; "
         "keys = json.loads(sys.argv[1]); "
         "print(json.dumps([partition_of(k, p) for k in keys for p in (2, 5, 64)]))"
     )

@@ -13,12 +13,13 @@
 --       caller sends only commits of one hash tag per call).
 -- ARGV: commits, each  BEGIN nkeys key... op...  where ops name keys by index into the
 --       commit's own key list, and each op is an opcode followed by its operands:
---   OWNS   stream group consumer id   the input entry is still pending on this consumer (a
---          bot slower than the visibility timeout lost it to XAUTOCLAIM: NOTOWNER, nothing
---          is written, the new owner commits instead). Checked with the other preconditions.
---   ACK    stream group id
+--   INPUT  stream group consumer id   the input: checked to be still pending on this consumer
+--          (a bot slower than the visibility timeout lost it to XAUTOCLAIM: NOTOWNER, nothing
+--          is written, the new owner commits instead), then acked.
 --   PUT    stream index byid ntag tag... strategy keep obj maxlen recent older token
---          nfield field...
+--          nvalue value... nextra extra...
+--          values are the envelope's, in the order of ENVELOPE below; extra are more
+--          field/value pairs (a retry's attempt and concern).
 --          strategy: write | skip | raise | prune (keep the newest `keep` entries of obj; byid
 --          is the per-object zset prune uses, 0 otherwise). index 0 = no latest-by-id index.
 --          maxlen 0 = no trim. skip/raise see a record of obj in the index (not trimmed).
@@ -30,21 +31,22 @@
 --          Only the put's own script reads these hashes: a write-only client needs no read
 --          grant on its stream.
 --   APPEND agglist events evindex aggid expected nevent then per event:
---          element ntag tag... nfield field...
+--          element ntag tag... nvalue value...
 --          agglist is the aggregate's own list of packed events (a msgpack array; the commit
 --          adds the event's entry id in the events stream as its last item); an optional
 --          first item "H<base>" says `base` older events were compacted away behind a
 --          snapshot. version = base + events in the list; expected -1 = no version check.
---          The fields go to the subsystem's events stream with "seq" = the new version.
+--          The envelope goes to the subsystem's events stream with "seq" = the new version.
 --          An append whose events are the aggregate's last ones (same message ids, the first
 --          item of each element) is a replay: nothing is written, the originals' entry ids
 --          are returned.
---   SETTLE hash record newstatus nallowed allowed... entry
+--   SETTLE hash record newstatus allowed entry
 --          a record's handling status for one concern: the hash field holds
 --          "<status>|<history entries, packed, oldest first>". Refused (STATUS) unless the
---          current status (absent = AvailableByDefault) is allowed (none listed = any); a
---          replay of this very change (status already newstatus, history ending with entry)
---          writes nothing and succeeds.
+--          current status (absent = AvailableByDefault) is in allowed, a comma-separated
+--          list ("" = any); a replay of this very change (status already newstatus, history
+--          ending with entry) writes nothing and succeeds. As a commit's last op, a record
+--          without a status (the common case) is set by one HSETNX in the check.
 --   SWITCH hash log field newvalue nallowed allowed... entry
 --          a stream or record switch: field = newvalue if the current value is allowed, and
 --          entry pushed onto the switch log list.
@@ -65,6 +67,8 @@
 --   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
 --   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids).
 
+local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data'}
+
 local i = 1
 local K = {}
 local function nxt()
@@ -81,6 +85,17 @@ end
 local function list(n, f)
   local out = {}
   for _ = 1, n do out[#out + 1] = f() end
+  return out
+end
+-- The field/value list of an entry: the envelope's values named, then extra pairs.
+local function envelope_fields(nextra)
+  local out = {}
+  local n = tonumber(nxt())
+  for k = 1, n do
+    out[#out + 1] = ENVELOPE[k]
+    out[#out + 1] = nxt()
+  end
+  for _ = 1, nextra and tonumber(nxt()) or 0 do out[#out + 1] = nxt() end
   return out
 end
 
@@ -127,6 +142,9 @@ local function status_of(value)
 end
 
 local function allowed_in(allowed, current)
+  if type(allowed) == 'string' then
+    return allowed == '' or string.find(',' .. allowed .. ',', ',' .. current .. ',', 1, true)
+  end
   if #allowed == 0 then return true end
   for _, s in ipairs(allowed) do if s == current then return true end end
   return false
@@ -135,28 +153,25 @@ end
 -- Parse one op (consuming its operands); return it, with what its check needs.
 local function parse(code)
   local op = {code = code}
-  if code == 'OWNS' then
+  if code == 'INPUT' then
     op.stream = key(); op.group = nxt(); op.consumer = nxt(); op.id = nxt()
-  elseif code == 'ACK' then
-    op.stream = key(); op.group = nxt(); op.id = nxt()
   elseif code == 'PUT' then
     op.stream = key(); op.index = optkey(); op.byid = optkey()
     op.tags = list(tonumber(nxt()), key)
     op.strategy = nxt(); op.keep = tonumber(nxt()); op.obj = nxt()
     op.maxlen = tonumber(nxt()); op.recent = optkey(); op.older = optkey(); op.token = nxt()
-    op.fields = list(tonumber(nxt()), nxt)
+    op.fields = envelope_fields(true)
   elseif code == 'APPEND' then
     op.agg = key(); op.events = key(); op.evindex = optkey(); op.aggid = nxt()
     op.expected = tonumber(nxt())
     op.list = list(tonumber(nxt()), function()
       local ev = {element = nxt()}
       ev.tags = list(tonumber(nxt()), key)
-      ev.fields = list(tonumber(nxt()), nxt)
+      ev.fields = envelope_fields(false)
       return ev
     end)
   elseif code == 'SETTLE' then
-    op.hash = key(); op.record = nxt(); op.status = nxt()
-    op.allowed = list(tonumber(nxt()), nxt); op.entry = nxt()
+    op.hash = key(); op.record = nxt(); op.status = nxt(); op.allowed = nxt(); op.entry = nxt()
   elseif code == 'SWITCH' then
     op.hash = key(); op.log = key(); op.field = nxt(); op.value = nxt()
     op.allowed = list(tonumber(nxt()), nxt); op.entry = nxt()
@@ -184,9 +199,10 @@ local function owned(stream, group, consumer, id)
 end
 
 -- Check one op against the current state; return an error text to refuse the commit.
-local function check(op)
+-- ``last``: no op after this one is checked.
+local function check(op, last)
   local code = op.code
-  if code == 'OWNS' then
+  if code == 'INPUT' then
     if not owned(op.stream, op.group, op.consumer, op.id) then
       return 'NOTOWNER ' .. op.stream .. ' ' .. op.id
     end
@@ -236,6 +252,14 @@ local function check(op)
       return 'CONFLICT ' .. op.aggid .. ' ' .. op.expected .. ' ' .. op.actual
     end
   elseif code == 'SETTLE' then
+    if last and allowed_in(op.allowed, 'AvailableByDefault') then
+      -- Checked last, so nothing after it can refuse the commit: a record without a status
+      -- (the common case) is settled by the check itself.
+      if redis.call('HSETNX', op.hash, op.record, op.status .. '|' .. op.entry) == 1 then
+        op.done = true
+        return nil
+      end
+    end
     local current, history = status_of(redis.call('HGET', op.hash, op.record))
     op.history = history
     if current == op.status and string.sub(history, -#op.entry) == op.entry then
@@ -270,9 +294,7 @@ end
 
 local function apply(op)
   local code = op.code
-  if code == 'OWNS' then
-    return 1
-  elseif code == 'ACK' then
+  if code == 'INPUT' then
     redis.call('XACK', op.stream, op.group, op.id)
     return 1
   elseif code == 'PUT' then
@@ -312,7 +334,7 @@ local function apply(op)
     if #elements > 0 then redis.call('RPUSH', op.agg, unpack(elements)) end
     return {version, ids, 1}
   elseif code == 'SETTLE' then
-    if not op.replay then
+    if not (op.done or op.replay) then
       redis.call('HSET', op.hash, op.record, op.status .. '|' .. op.history .. op.entry)
     end
     return 1
@@ -353,8 +375,8 @@ while i <= #ARGV do
     if not op then return redis.error_reply(err) end
     ops[#ops + 1] = op
   end
-  for _, op in ipairs(ops) do
-    failed = check(op)
+  for n, op in ipairs(ops) do
+    failed = check(op, n == #ops)
     if failed then break end
   end
   if failed then
