@@ -8,7 +8,7 @@ import time
 import redis.asyncio
 
 from bench.apps import Counted, Counter
-from streamcqrs.streams import Subsystem
+from streamcqrs.streams import Commit, Subsystem, SubsystemKeys
 
 
 async def _measure(url: str, events: int, every: int, repeats: int) -> dict[str, float]:
@@ -42,3 +42,34 @@ def load_times(
 ) -> dict[str, float]:
     """Best-of-``repeats`` load time (ms) without and with a snapshot every ``every`` events."""
     return asyncio.run(_measure(url, events, every, repeats))
+
+
+async def _append_memory(url: str, aggregates: int, events: int) -> dict[str, float]:
+    client = redis.asyncio.Redis.from_url(url)
+    await client.flushall()
+    store = Subsystem("benchmem", client).aggregates(Counter)
+    for n in range(aggregates):
+        await store.append(f"acct-{n}", [Counted(n=1)], expected_version=0)
+    before = int((await client.info("memory"))["used_memory"])
+    keys = int(await client.dbsize())
+    per = events // aggregates
+    keys_ = SubsystemKeys("benchmem")
+    for round_ in range(per):
+        # One connection, one call per round: no client buffers in the figure.
+        commit = Commit()
+        for n in range(aggregates):
+            aggregate_id = f"acct-{n}"
+            envelopes = store.envelopes(aggregate_id, [Counted(n=round_)])
+            commit.append(keys_, aggregate_id, envelopes, round_ + 1)
+        await commit.run(client)
+    after = int((await client.info("memory"))["used_memory"])
+    new_keys = int(await client.dbsize()) - keys
+    await client.aclose()
+    return {"memory_b": (after - before) / (per * aggregates), "keys": new_keys}
+
+
+def append_memory(url: str, aggregates: int = 100, events: int = 20_000) -> dict[str, float]:
+    """Server memory per event appended to aggregates that already exist (bytes), and the
+    keys those appends added (none expected: each event goes into its aggregate's list and
+    the subsystem's event stream)."""
+    return asyncio.run(_append_memory(url, aggregates, events))

@@ -54,3 +54,11 @@ app = App("bench")
 async def work(op: Work, ctx: Context) -> None:
     """Commit one event to a fresh aggregate named by the operation's object id."""
     ctx.append(Job(id=ctx.object_id), Worked(t0=op.t0, data=op.data))
+
+
+noop = App("bench-noop")
+
+
+@noop.handler(Work, stream="bench/client-ops", concern="noop")
+async def nothing(op: Work, ctx: Context) -> None:
+    """Do nothing: the commit is the record's status and the ack."""

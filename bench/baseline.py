@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -18,22 +19,34 @@ from bench.stats import ms_of, percentile, rate
 IN, OUT, GROUP = "bench:in", "bench:out", "g"
 
 
-def consume(url: str, total: int, deadline_s: float) -> None:
-    """The baseline consumer loop (runs in its own process, like a bot)."""
+def consume(
+    url: str, total: int, deadline_s: float, ack_only: bool = False, elapsed: Any = None
+) -> None:
+    """The baseline consumer loop (runs in its own process, like a bot).
+
+    ``ack_only``: read and ack, write nothing (the baseline of a handler that does nothing).
+    ``elapsed`` (a shared double): set to the seconds from the first entry read to the last
+    one acked.
+    """
     client = redis.Redis.from_url(url)
     done = 0
+    first = 0.0
     stop = time.monotonic() + deadline_s
     while (total <= 0 or done < total) and time.monotonic() < stop:
         reply = client.xreadgroup(GROUP, "c1", {IN: ">"}, count=100, block=100)
         if not reply:
             continue
+        first = first or time.monotonic()
         entries = reply[0][1]
         pipe = client.pipeline(transaction=False)
         pipe.xack(IN, GROUP, *[eid for eid, _ in entries])
-        for _, fields in entries:
-            pipe.xadd(OUT, fields)
+        if not ack_only:
+            for _, fields in entries:
+                pipe.xadd(OUT, fields)
         pipe.execute()
         done += len(entries)
+    if elapsed is not None:
+        elapsed.value = time.monotonic() - first
     client.close()
 
 
@@ -42,9 +55,11 @@ def _reset(client: redis.Redis) -> None:
     client.xgroup_create(IN, GROUP, id="0", mkstream=True)
 
 
-def _start(url: str, total: int, deadline_s: float) -> multiprocessing.process.BaseProcess:
+def _start(
+    url: str, total: int, deadline_s: float, ack_only: bool = False, elapsed: Any = None
+) -> multiprocessing.process.BaseProcess:
     proc = multiprocessing.get_context("spawn").Process(
-        target=consume, args=(url, total, deadline_s), daemon=True
+        target=consume, args=(url, total, deadline_s, ack_only, elapsed), daemon=True
     )
     proc.start()
     return proc
@@ -68,6 +83,25 @@ def throughput(url: str, n: int, payload: bytes) -> float:
     if produced != n:
         raise RuntimeError(f"baseline handled {produced} of {n}")
     return rate(n, ms_of(first[0][0]), ms_of(last[0][0]))
+
+
+def ack_throughput(url: str, n: int, payload: bytes) -> float:
+    """Messages per second of a raw XREADGROUP + XACK loop (no output) over ``n`` entries."""
+    client = redis.Redis.from_url(url)
+    _reset(client)
+    for start in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(min(1000, n - start)):
+            pipe.xadd(IN, {"data": payload})
+        pipe.execute()
+    elapsed = multiprocessing.get_context("spawn").Value("d", 0.0)
+    proc = _start(url, n, 120, ack_only=True, elapsed=elapsed)
+    proc.join(130)
+    left = client.xpending(IN, GROUP)["pending"] + int(client.xinfo_groups(IN)[0]["lag"] or 0)
+    client.close()
+    if left:
+        raise RuntimeError(f"the ack-only baseline left {left} of {n}")
+    return n / max(elapsed.value, 1e-6)
 
 
 def paced(

@@ -16,6 +16,7 @@ import redis.asyncio
 
 from bench.apps import Work
 from bench.baseline import paced, summarize, wait_for
+from bench.meter import Meter, process_cpu
 from bench.stats import ms_of, rate
 from streamcqrs.streams import Commit, Kind, Subsystem, SubsystemKeys, encode
 
@@ -80,24 +81,47 @@ def _peak_rss(root: int, stop: threading.Event, out: list[int]) -> None:
     out.append(peak)
 
 
-def throughput(url: str, n: int, data: str, processes: int = 1) -> dict[str, float]:
-    """Operations/s committed by ``processes`` bots over ``n`` pre-put operations."""
+def throughput(
+    url: str, n: int, data: str, processes: int = 1, *, app: str = "bench.apps:app"
+) -> dict[str, float]:
+    """Operations/s committed by ``processes`` bots over ``n`` pre-put operations, and what
+    each operation cost: bot and server CPU, server commands, server memory and keys.
+
+    CPU and commands are counted from the first committed event (not the bots' start-up);
+    memory and keys from before the operations were put, so they are the whole footprint
+    of an operation: its entry, its event, its aggregate and its handling status.
+    """
     client = redis.Redis.from_url(url)
     client.flushall()
+    footprint = Meter(client)
+    footprint.start()
     _fill(url, n, data)
     rss: list[int] = []
     stop = threading.Event()
-    with bots(url, processes) as proc:
+    work = Meter(client)
+    with bots(url, processes, app=app) as proc:
         watcher = threading.Thread(target=_peak_rss, args=(proc.pid, stop, rss), daemon=True)
         watcher.start()
+        _wait_events(client, 1, timeout=60)
+        work.start()
+        started = process_cpu(proc.pid)
+        before = client.xlen(EVENTS)
         _wait_events(client, n, timeout=240)
+        spent = process_cpu(proc.pid) - started
+        costs = work.stop(n - before, client_cpu=spent)
         stop.set()
         watcher.join(5)
+    memory = footprint.stop(n)
     first, last = client.xrange(EVENTS, count=1), client.xrevrange(EVENTS, count=1)
     client.close()
     return {
         "ops_per_s": rate(n, ms_of(first[0][0]), ms_of(last[0][0])),
         "peak_rss_mb": rss[0] / 2**20,
+        "bot_cpu_us": costs["client_cpu_us"],
+        "server_cpu_us": costs["server_cpu_us"],
+        "commands": costs["commands"],
+        "memory_b": memory["memory_b"],
+        "keys": memory["keys"],
     }
 
 

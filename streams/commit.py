@@ -49,7 +49,13 @@ from streamcqrs.streams.errors import (
 )
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streamcqrs.streams.scripts import script
-from streamcqrs.streams.statuses import STORED_FROM, TRANSITIONS, Action, HistoryEntry
+from streamcqrs.streams.statuses import (
+    STORED_FROM,
+    TRANSITIONS,
+    Action,
+    HistoryEntry,
+    pack_history,
+)
 
 ATTEMPT_FIELD = b"att"
 """Entry field beside the envelope: which attempt this delivery is (absent: the first)."""
@@ -80,9 +86,12 @@ def hash_tag(key: str) -> str:
     return key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Input:
-    """The consumed entry a commit settles: where it was read, by whom, and what it holds."""
+    """The consumed entry a commit settles: where it was read, by whom, and what it holds.
+
+    A value (not frozen only to keep it cheap to make: one per message).
+    """
 
     part: PartitionKeys
     kind: Kind
@@ -373,9 +382,9 @@ class Commit:
             record = (inp.part, inp.kind, inp.concern, inp.message_id)
         part, kind, concern, record_id = record
         to = TRANSITIONS[action][1]
-        entry = HistoryEntry(
+        entry = pack_history(
             now_ms(), to, action, details, as_tags(tags), actor, started_ms, attempt, taken_over
-        ).to_bytes()
+        )
         allowed = _SORTED_FROM[action] if allowed_from is None else ",".join(sorted(allowed_from))
         self._op(
             "SETTLE", self._key(part.handling_status(kind, concern)), record_id, to.value,

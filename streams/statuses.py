@@ -146,18 +146,10 @@ class HistoryEntry:
         An array, not a map: a record's history is stored inline beside its status (see
         ``encode_stored``), and names would double its size.
         """
-        fields: list[object] = [
-            self.at_ms,
-            self.status.value,
-            self.action.value,
-            self.details,
-            [list(t) for t in self.tags],
-            self.actor,
-        ]
-        if self.started_ms or self.attempt or self.taken_over:
-            fields += [self.started_ms, self.attempt, int(self.taken_over)]
-        packed: bytes = msgpack.packb(fields)
-        return packed
+        return pack_history(
+            self.at_ms, self.status, self.action, self.details, self.tags, self.actor,
+            self.started_ms, self.attempt, self.taken_over,
+        )  # fmt: skip
 
     @classmethod
     def from_fields(cls, data: object) -> HistoryEntry:
@@ -199,6 +191,26 @@ class HistoryEntry:
             self.started_ms, Status.RUNNING, action, actor=self.actor, attempt=self.attempt
         )
         return [claim, self]
+
+
+def pack_history(  # noqa: PLR0917 - the entry's fields, in their stored order
+    at_ms: int,
+    status: Status,
+    action: Action,
+    details: str,
+    tags: Tags,
+    actor: str,
+    started_ms: int = 0,
+    attempt: int = 0,
+    taken_over: bool = False,
+) -> bytes:
+    """A history entry as stored (``HistoryEntry.to_bytes``), made without the object."""
+    fields: list[object] = [at_ms, status.value, action.value, details, [list(t) for t in tags],
+                            actor]  # fmt: skip
+    if started_ms or attempt or taken_over:
+        fields += [started_ms, attempt, int(taken_over)]
+    packed: bytes = msgpack.packb(fields)
+    return packed
 
 
 def decode_stored(value: bytes | str | None) -> tuple[Status, list[HistoryEntry]]:
@@ -282,4 +294,5 @@ __all__ = [
     "HistoryEntry",
     "Status",
     "decode_stored",
+    "pack_history",
 ]
