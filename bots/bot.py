@@ -21,7 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,18 +38,19 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.bots import recovery
-from streamcqrs.bots.committer import Committer
+from streamcqrs.bots.committer import Committer, Result
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.delayed import Mover
 from streamcqrs.bots.logging import entry_logger, get_logger
+from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
 from streamcqrs.handlers.registry import App
-from streamcqrs.handlers.runner import Runner
+from streamcqrs.handlers.runner import Attempt, Runner
 from streamcqrs.streams._wire import fast_packing, send_all
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import Entry, as_str
-from streamcqrs.streams.errors import NotOwner
+from streamcqrs.streams.errors import InvalidTransition, NotOwner
 from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.statuses import CLAIMABLE, Status
 
@@ -105,6 +113,8 @@ class Bot:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[tuple[str, str], tuple[Source, float]] = {}
+        self._waits: set[Any] = set()
+        """Handler functions seen waiting on I/O: they run in tasks of their own."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -262,12 +272,19 @@ class Bot:
             self.log.info("handling is disabled for this stream; entries left pending",
                           source=str(source), count=len(to_handle))  # fmt: skip
             deliveries = [d for d in deliveries if d.verdict is not Verdict.HANDLE]
+        inline: list[Delivery] = []
         for delivery in deliveries:
             delivery.taken_over = delivered is not None
             crashed = counts.get(delivery.entry_id, 0) > self.config.max_attempts
             if crashed and delivery.verdict is Verdict.HANDLE:
                 delivery.crashes = counts[delivery.entry_id] - 1
-            self._start(delivery)
+            spec = delivery.spec
+            if spec is not None and spec.fn in self._waits:
+                self._start(delivery)  # its handler waits on I/O: run it beside the others
+            else:
+                inline.append(delivery)
+        if inline:
+            self._start_batch(inline)
 
     async def _look_up(self, source: Source, deliveries: Sequence[Delivery]) -> bool:
         """Skip deliveries whose record is settled or disabled; True if the stream is disabled.
@@ -298,29 +315,150 @@ class Bot:
                 delivery.verdict = Verdict.SKIP
         return False
 
-    def _start(self, delivery: Delivery) -> None:
+    def _hold(self, delivery: Delivery) -> None:
         source = delivery.source
         if delivery.verdict is Verdict.HANDLE:
             self._held += 1  # skips and dead letters are quick acks: they take no room
         self._inflight[(source.name, delivery.entry_id)] = (source, time.monotonic())
-        task = asyncio.create_task(self._handle(delivery))
+
+    def _release(self, delivery: Delivery) -> None:
+        self._inflight.pop((delivery.source.name, delivery.entry_id), None)
+        if delivery.verdict is Verdict.HANDLE:
+            self._held -= 1
+            self._room.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- handling ----------------------------------------------------------------------------
+    def _start(self, delivery: Delivery) -> None:
+        self._hold(delivery)
+        self._spawn(self._handle(delivery))
 
-    async def _handle(self, delivery: Delivery) -> None:
-        """Run one delivery to its commit (or drop it if another bot took it over)."""
-        source = delivery.source
-        holds_slot = delivery.verdict is Verdict.HANDLE
+    def _start_batch(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self._hold(delivery)
+        self._spawn(self._handle_batch(deliveries))
+
+    def _log_for(self, delivery: Delivery) -> Any:
         envelope = delivery.input.envelope
-        log = entry_logger(
+        return entry_logger(
             self.log,
-            subsystem=source.ref.subsystem,
-            stream=source.key,
+            subsystem=delivery.source.ref.subsystem,
+            stream=delivery.source.key,
             message_id=delivery.message_id,
             correlation_id=envelope.correlation_id if envelope else "",
         )
+
+    # -- handling ----------------------------------------------------------------------------
+
+    async def _handle_batch(self, deliveries: list[Delivery]) -> None:
+        """Run a read batch's deliveries one after another in this task, commit them together.
+
+        Most handlers finish without waiting on I/O; running them here, with one commit call
+        for the batch, spares each a task and a future of its own. The quick acks (skips,
+        dead letters) go first. A handler that turns out to wait (on a load, an HTTP call)
+        sends what ran before it to be committed and the rest of the batch to tasks of their
+        own at once, so nothing waits behind it; it runs in its own task from then on.
+        """
+        todo = sorted(deliveries, key=lambda d: d.verdict is Verdict.HANDLE)
+        ran: list[tuple[Delivery, Attempt, Any]] = []
+        try:
+            at = 0
+            while at < len(todo):
+                delivery = todo[at]
+                at += 1
+                log = self._log_for(delivery)
+                try:
+                    if delivery.verdict is not Verdict.HANDLE:
+                        attempt = await self.runner.attempt(delivery, log)
+                    else:
+                        async with self._slots:
+                            coro = self.runner.attempt(delivery, log)
+                            try:
+                                yielded = coro.send(None)
+                            except StopIteration as stop:
+                                attempt = stop.value
+                            else:  # it waits: nothing else may wait behind it
+                                self._move_aside(delivery, ran, todo[at:])
+                                ran, todo = [], [delivery]
+                                attempt = await _Rest(coro, yielded)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("could not handle; the entry stays pending for recovery")
+                    continue
+                ran.append((delivery, attempt, log))
+            finished, todo = ran, [d for d in todo if all(d is not r for r, _, _ in ran)]
+            await self._finish(finished)
+        finally:
+            for delivery in todo:
+                self._release(delivery)
+
+    def _move_aside(
+        self,
+        waiting: Delivery,
+        ran: list[tuple[Delivery, Attempt, Any]],
+        rest: list[Delivery],
+    ) -> None:
+        """A batch's handler waits: commit what ran before it, start the rest in tasks."""
+        if waiting.spec is not None:
+            self._waits.add(waiting.spec.fn)
+        if ran:
+            self._spawn(self._finish(list(ran)))
+        for delivery in rest:
+            self._spawn(self._handle(delivery))
+
+    async def _finish(self, ran: list[tuple[Delivery, Attempt, Any]]) -> None:
+        """Commit attempts together, settle what each result says, release their entries."""
+        try:
+            results = await self._commit_all([attempt.commit for _, attempt, _ in ran])
+            for (delivery, _, log), result in zip(ran, results, strict=True):
+                if isinstance(result, (ConcurrencyConflict, InvalidTransition)):
+                    await self._settle_alone(delivery, log)  # re-run, or ack a settled copy
+                elif isinstance(result, NotOwner):
+                    log.warning("entry was taken over by another consumer; dropping this result")
+                elif isinstance(result, Exception):
+                    log.error("could not commit; the entry stays pending for recovery",
+                              error=str(result))  # fmt: skip
+                elif delivery.verdict is Verdict.HANDLE:
+                    self.handled += 1
+        finally:
+            for delivery, _, _ in ran:
+                self._release(delivery)
+
+    async def _settle_alone(self, delivery: Delivery, log: Any) -> None:
+        """The one-delivery way: run again after a conflict, or ack an already settled copy."""
+        try:
+            await self.runner.handle(delivery, self._commit, log)
+            self.handled += delivery.verdict is Verdict.HANDLE
+        except NotOwner:
+            log.warning("entry was taken over by another consumer; dropping this result")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not commit; the entry stays pending for recovery")
+
+    async def _commit_all(self, commits: list[Commit]) -> list[Result]:
+        """Commit many through the committer; re-send those that met network trouble."""
+        results = await self.committer.commit_all(commits)
+        pause = 0.1
+        for _ in range(8):
+            again = [at for at, r in enumerate(results) if isinstance(r, NETWORK_ERRORS)]
+            if not again:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            retried = await self.committer.commit_all([commits[at] for at in again])
+            for at, result in zip(again, retried, strict=True):
+                results[at] = result
+        return results
+
+    async def _handle(self, delivery: Delivery) -> None:
+        """Run one delivery to its commit (or drop it if another bot took it over)."""
+        holds_slot = delivery.verdict is Verdict.HANDLE
+        log = self._log_for(delivery)
         try:
             if holds_slot:
                 async with self._slots:
@@ -335,10 +473,7 @@ class Bot:
         except Exception:  # never let one entry kill the bot: it stays pending, to be retried
             log.exception("could not commit; the entry stays pending for recovery")
         finally:
-            self._inflight.pop((source.name, delivery.entry_id), None)
-            if holds_slot:
-                self._held -= 1
-                self._room.set()
+            self._release(delivery)
 
     async def _commit(self, commit: Commit) -> list[Any]:
         """Commit through the committer; re-send after network trouble (OWNS makes it safe)."""
@@ -410,6 +545,32 @@ class Bot:
             await self._dispatch(source, found, delivered=counts)
             if cursor == "0-0":
                 return
+
+
+class _Rest:
+    """Awaiting it finishes a coroutine that suspended on ``yielded``, in the current task."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # cancellation, thrown into the task: pass it on
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 async def read_group(

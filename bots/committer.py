@@ -1,10 +1,10 @@
 """Commits handlers' results, a whole round of them in one script call.
 
-Handlers finish at their own pace; each hands its commit (outputs + status + ack) to the
-committer and awaits the result. The committer sends everything queued since its last send
-in one script call, so under load one round trip and one script run carry dozens of commits
-while a lone commit still goes out at once. A commit's refusal (a version conflict, a lost
-entry) is that commit's alone: it comes back to the handler that sent it.
+Handlers finish at their own pace; each hands its commit (outputs + status + ack), or a whole
+batch of commits, to the committer and awaits the result. The committer sends everything
+queued since its last send in one script call, so under load one round trip and one script
+run carry dozens of commits while a lone commit still goes out at once. A commit's refusal (a
+version conflict, a lost entry) is that commit's alone: it comes back to whoever sent it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from streamcqrs.streams.commit import Commit, run_commits
 MAX_PER_ROUND = 256
 """Most commits in one call: keeps one round's reply small and its latency low."""
 
+Result = list[Any] | Exception
+"""A commit's replies, or the error it failed with."""
+
 
 class Committer:
     """Queue of commits to send, and the task that sends them."""
@@ -27,14 +30,23 @@ class Committer:
         self.client = client
         self.by_slot = by_slot
         """On a cluster: one script call per slot (a script touches one slot only)."""
-        self._queue: list[tuple[Commit, asyncio.Future[list[Any]]]] = []
+        self._queue: list[tuple[list[Commit], asyncio.Future[list[Result]]]] = []
+        self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
 
     async def commit(self, commit: Commit) -> list[Any]:
         """Commit ``commit``; return its replies or raise what it failed with."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((commit, future))
+        (result,) = await self.commit_all([commit])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def commit_all(self, commits: list[Commit]) -> list[Result]:
+        """Commit each of ``commits`` on its own; their results in order (one future for all)."""
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._queue.append((commits, future))
+        self._queued += len(commits)
         self._wake.set()
         return await future
 
@@ -44,29 +56,33 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                round_, self._queue = self._queue[:MAX_PER_ROUND], self._queue[MAX_PER_ROUND:]
-                await self._send(round_)
+                await self._send(self._take_round())
 
-    async def _send(self, round_: list[tuple[Commit, asyncio.Future[list[Any]]]]) -> None:
+    def _take_round(self) -> list[tuple[list[Commit], asyncio.Future[list[Result]]]]:
+        """Queued groups up to MAX_PER_ROUND commits (a bigger group goes whole)."""
+        round_: list[tuple[list[Commit], asyncio.Future[list[Result]]]] = []
+        count = 0
+        while self._queue and (not round_ or count + len(self._queue[0][0]) <= MAX_PER_ROUND):
+            group = self._queue.pop(0)
+            round_.append(group)
+            count += len(group[0])
+        self._queued -= count
+        return round_
+
+    async def _send(self, round_: list[tuple[list[Commit], asyncio.Future[list[Result]]]]) -> None:
+        commits = [commit for group, _ in round_ for commit in group]
         try:
-            results = await run_commits(
-                self.client, [commit for commit, _ in round_], by_slot=self.by_slot
-            )
+            results: list[Result] = await run_commits(self.client, commits, by_slot=self.by_slot)
         except Exception as exc:
             # Network trouble (the client already retried with backoff). Whether the script
-            # ran is unknown; each handler decides (a re-sent commit is refused by its
+            # ran is unknown; each sender decides (a re-sent commit is refused by its
             # ownership check if the first one went through: its entry is no longer pending).
-            for _, future in round_:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(round_, results, strict=True):
-            if future.done():  # the handler was cancelled while its commit was in flight
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            results = [exc] * len(commits)
+        at = 0
+        for group, future in round_:
+            mine, at = results[at : at + len(group)], at + len(group)
+            if not future.done():  # the sender may have been cancelled meanwhile
+                future.set_result(mine)
 
     def close(self) -> None:
         """Stop after sending what is queued."""
@@ -74,4 +90,4 @@ class Committer:
         self._wake.set()
 
 
-__all__ = ["Committer"]
+__all__ = ["Committer", "Result"]
