@@ -1,4 +1,4 @@
-"""``python -m bots``: help on every command, status figures, the supervisor's restarts,
+"""``streamcqrs run|status``: help on every command, status figures, the supervisor's restarts,
 several worker processes, and the removal of dead consumers."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ EVENTS = PART.stream(Kind.EVENTS)
 
 
 def bots_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m bots ARGS`` to completion (bounded) and capture its output."""
+    """Run ``streamcqrs ARGS`` to completion (bounded) and capture its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     return subprocess.run(
-        [sys.executable, "-m", "streamcqrs.bots", *args],
+        [sys.executable, "-m", "streamcqrs", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 

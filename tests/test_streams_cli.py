@@ -1,4 +1,4 @@
-"""``python -m streams``, run as a subprocess against a real server, as an operator would."""
+"""``streamcqrs``, run as a subprocess against a real server, as an operator would."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import redis
 
 from streamcqrs.handlers import App, Context
 from streamcqrs.streams import Kind, Subsystem, SubsystemKeys, find_server_binary
-from streamcqrs.streams.cli import build_parser
+from streamcqrs.__main__ import build_parser
 from streamcqrs.streams.envelope import as_str
 from tests.messages import Account, Deposited, Ping
 from tests.support import Backend
@@ -32,12 +32,12 @@ COMMANDS = ("tail", "show", "replay", "dead-letters", "failed", "acl")
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m streams ARGS`` from the repository root; REDIS_URL only if given."""
+    """Run ``streamcqrs ARGS`` from the repository root; REDIS_URL only if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     if url is not None:
         env["REDIS_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "streamcqrs.streams", *args],
+        [sys.executable, "-m", "streamcqrs", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -138,7 +138,7 @@ def test_tail_follow_prints_new_records_until_ctrl_c(
     put_pings(run, shop, 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcqrs.streams", "tail", "shop/client-ops", "-n", "1",
+        [sys.executable, "-m", "streamcqrs", "tail", "shop/client-ops", "-n", "1",
          "--follow", "--json", "--partitions", "3", "--url", real.url or ""],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -340,7 +340,7 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         env |= {"REDIS_USERNAME": "reader", "REDIS_PASSWORD": "pw"}
-        args = [sys.executable, "-m", "streamcqrs.streams", "replay", "shop/client-ops",
+        args = [sys.executable, "-m", "streamcqrs", "replay", "shop/client-ops",
                 "--since", "0", "--to", "shop/internal-ops", "--url", real.url or ""]  # fmt: skip
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=TIMEOUT, check=False)  # fmt: skip
@@ -384,11 +384,11 @@ OPS = JOBS.stream(CO)
 
 @pytest.fixture
 def bot(real: Backend, tmp_path: Path) -> Iterator[Path]:
-    """``python -m bots run`` over CLI_APP (one attempt, fast mover); yields its log file."""
+    """``streamcqrs run`` over CLI_APP (one attempt, fast mover); yields its log file."""
     log = tmp_path / "bot.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     args = [
-        sys.executable, "-m", "streamcqrs.bots", "run", "tests.test_streams_cli:CLI_APP",
+        sys.executable, "-m", "streamcqrs", "run", "tests.test_streams_cli:CLI_APP",
         "--url", real.url or "", "--max-attempts", "1", "--block-ms", "100",
         "--mover-interval", "0.05",
     ]  # fmt: skip
