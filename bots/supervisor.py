@@ -182,7 +182,13 @@ class Supervisor:
             while not self._stop_requested:
                 self._wait()
                 self._reap(url)
-            return max(self._stop_all(), self.status)
+            status = self._stop_all()
+            if self.status == STOP_STATUS[CONFIG_ERROR]:
+                raise ConfigurationError(
+                    "a worker stopped on a configuration error (its 'configuration error' log "
+                    "line says which); fix it and start again"
+                )
+            return max(status, self.status)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -19,10 +19,11 @@ from typing import Any, cast
 import pytest
 import redis
 
+from streamcqrs.__main__ import build_parser
 from streamcqrs.handlers import App, Context
 from streamcqrs.streams import Kind, Subsystem, SubsystemKeys, find_server_binary
-from streamcqrs.__main__ import build_parser
 from streamcqrs.streams.envelope import as_str
+from tests.commands import streamcqrs
 from tests.messages import Account, Deposited, Ping
 from tests.support import Backend
 
@@ -33,18 +34,7 @@ COMMANDS = ("tail", "show", "replay", "dead-letters", "failed", "acl")
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``streamcqrs ARGS`` from the repository root; REDIS_URL only if given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
-    if url is not None:
-        env["REDIS_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "streamcqrs", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return streamcqrs(*args, url=url)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -521,3 +511,35 @@ def test_failed_retry_and_archive_and_bad_input(
     assert [] == json_lines(cli("dead-letters", "list", "jobs", "--json", "--url", url).stdout)
     listing = cli("failed", "list", "jobs/client-ops", "--concern", "work", "--url", url)
     assert "0 record(s) Failed for work on jobs/client-ops" in listing.stdout
+
+
+def test_a_message_that_fails_again_after_a_retry_can_be_retried_again(
+    real: Backend, run: Callable[[Any], Any], bot: Path
+) -> None:
+    """Retried while still broken, a job fails again and gets a second, open dead letter
+    under the same id: 'list' shows it open, 'retry' takes that one (not the first, already
+    retried) and says 'retried'; once fixed, the job completes."""
+    admin = real.sync_client()
+    url = real.url or ""
+    admin.sadd(BROKEN, "5")
+    five = job(run, real, 5)
+    letters = JOBS.stream(Kind.DEAD_LETTERS)
+    wait_for(admin, lambda: admin.xlen(letters) == 1, "the first dead letter", bot)
+    first = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 0 == first.returncode, first.stderr
+    assert "1 dead letter(s) retried" in first.stdout
+
+    def failed_again() -> bool:
+        return admin.xlen(letters) == 2 and statuses(admin, "work").get(five) == "Failed"
+
+    wait_for(admin, failed_again, "the second failure", bot)
+    listed = json_lines(cli("dead-letters", "list", "jobs", "--all", "--json", "--url", url).stdout)
+    assert [(five, "retried"), (five, "open")] == [(r["id"], r["state"]) for r in listed]
+    admin.srem(BROKEN, "5")
+    second = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 0 == second.returncode, second.stderr
+    assert f"retried {five} into jobs/client-ops for work" in second.stdout
+    wait_for(admin, lambda: statuses(admin, "work").get(five) == "Completed", "the fix", bot)
+    third = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 2 == third.returncode
+    assert f"dead letter {five} is already retried" in third.stderr
