@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
@@ -49,21 +49,14 @@ SCHEMES = {
 }
 """URL schemes taken, and the one redis-py knows each by (Valkey speaks the same protocol)."""
 _DB_PATH = re.compile(r"^/?(\d*)/?$")
+_USER_PASSWORD = re.compile(r"^([A-Za-z]+://[^:/@]*):[^@/]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
 
 
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        name = user.partition(":")[0]
-        netloc = f"{name}:***@{host}"
-    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    url = _USER_PASSWORD.sub(r"\1:***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def normalize_url(url: str) -> str:
