@@ -29,7 +29,7 @@ from tests.support import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
-COMMANDS = ("tail", "show", "replay", "dead-letters", "failed", "acl")
+COMMANDS = ("run", "status", "server", "tail", "show", "replay", "dead-letters", "failed", "acl")
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,8 @@ def put_pings(
 
 
 def test_help_describes_every_command_and_argument() -> None:
-    """``--help`` names every command, and every argument of every command has help text."""
+    """``--help`` names every command of the one ``streamcqrs`` command, every command has a
+    description, and every argument of every command has help text."""
     result = cli("--help")
     assert 0 == result.returncode
     for command in COMMANDS:
@@ -69,6 +70,8 @@ def test_help_describes_every_command_and_argument() -> None:
     parser = build_parser()
     missing = []
     for sub in _subparsers(parser):
+        if not sub.description:
+            missing.append(f"{sub.prog} (no description)")
         for action in sub._actions:
             skip = isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
             if not skip and not action.help:
