@@ -47,8 +47,8 @@ QUICK_DEATH = 5.0
 """A worker that dies sooner than this after its start counts as crash-looping."""
 CONFIG_ERROR = 78
 """A worker's exit status for a configuration error (sysexits' EX_CONFIG): not restarted."""
-STOP_STATUS = {CONFIG_ERROR: 2}
-"""The supervisor's exit status when a worker exits with the key's status."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""What stops the supervisor (and, sent by it, each worker) cleanly."""
 
 load_app = App.load
 """The one ``MODULE:APP`` loader (``App.load``), under the name the bots layer exports."""
@@ -70,7 +70,7 @@ async def serve(app: App, config: BotConfig) -> None:
     """Run one Bot until SIGTERM or SIGINT, then drain it and close its connections."""
     bot = Bot(app, config)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, bot.stop)
     try:
         await bot.run()
@@ -126,7 +126,8 @@ class Supervisor:
         self._due: dict[int, float] = {}
         """Workers that died, by index: when to start their replacement (monotonic)."""
         self.restarts = 0
-        self.status = 0
+        self.config_error = False
+        """A worker exited with CONFIG_ERROR: stop everything, and say so."""
 
     def _start(self, index: int, url: str) -> None:
         process = self._context.Process(
@@ -174,8 +175,7 @@ class Supervisor:
         url = self.prepare()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM,
-                                                                          signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
         try:
             for index in range(self.processes):
                 self._start(index, url)
@@ -183,12 +183,12 @@ class Supervisor:
                 self._wait()
                 self._reap(url)
             status = self._stop_all()
-            if self.status == STOP_STATUS[CONFIG_ERROR]:
+            if self.config_error:
                 raise ConfigurationError(
                     "a worker stopped on a configuration error (its 'configuration error' log "
                     "line says which); fix it and start again"
                 )
-            return max(status, self.status)
+            return status
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -217,10 +217,10 @@ class Supervisor:
             process.join(0)
             del self._workers[index]
             lived = time.monotonic() - started
-            if process.exitcode in STOP_STATUS:
+            if process.exitcode == CONFIG_ERROR:
                 self.log.error("worker stopped on a configuration error; stopping the others",
                                index=index, pid=process.pid, exitcode=process.exitcode)  # fmt: skip
-                self.status = STOP_STATUS[process.exitcode]
+                self.config_error = True
                 self._stop_requested = True
                 return
             pause = self._pause.get(index, 0.0)
@@ -258,7 +258,7 @@ class Supervisor:
                 status = 1
             elif process.exitcode not in (0, -signal.SIGTERM):
                 status = 1
-        self.log.info("stopped", exit_status=max(status, self.status))
+        self.log.info("stopped", exit_status=2 if self.config_error else status)
         return status
 
 

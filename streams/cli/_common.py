@@ -103,7 +103,6 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     Exit status 0 when it went as asked, 2 with ``error: ...`` on stderr, saying what to do,
     for a mistake of ours, the caller's or the server's refusal; never a traceback for those.
     """
-    url = redact(getattr(args, "url", None) or "the server")
     try:
         status: int = args.func(args, out)
     except StreamCQRSError as exc:
@@ -113,10 +112,16 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     except redis.exceptions.NoPermissionError as exc:
         return fail(f"the server refused: {exc}; log in as a user allowed to do this")
     except redis.exceptions.ConnectionError as exc:
-        return fail(f"cannot reach the server at {url}: {exc}; is it running?")
+        return fail(f"cannot reach the server at {_where(args)}: {exc}; is it running?")
     except redis.exceptions.ResponseError as exc:
-        return fail(f"the server at {url} answered: {exc}")
+        return fail(f"the server at {_where(args)} answered: {exc}")
     return status
+
+
+def _where(args: argparse.Namespace) -> str:
+    """The server a command used (``connect`` leaves the URL it resolved), password hidden."""
+    url = getattr(args, "url", None)
+    return redact(url) if url else "the server"
 
 
 def import_module(name: str) -> Any:
