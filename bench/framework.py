@@ -34,9 +34,9 @@ def bots(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m bots run APP`` (the bench app by default) until the block ends."""
+    """Run ``streamcqrs run APP`` (the bench app by default) until the block ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcqrs.bots", "run", app,
+        [sys.executable, "-m", "streamcqrs", "run", app,
          "--processes", str(processes), "--concurrency", str(concurrency), *args],
         env={**os.environ, **(env or {}), "REDIS_URL": url},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,8 +1,8 @@
-"""Bots: the worker processes that handle operations and events (``python -m bots``).
+"""Bots: the worker processes that handle operations and events (``streamcqrs run``).
 
 ``Bot`` runs an app's handlers over their consumer groups in one process; ``Supervisor``
 runs N of them as worker processes; ``BotConfig`` holds their settings. Most users only run
-``python -m bots run MODULE:APP`` and ``python -m bots status MODULE:APP``.
+``streamcqrs run MODULE:APP`` and ``streamcqrs status MODULE:APP``.
 """
 
 from streamcqrs.bots.bot import Bot

@@ -48,10 +48,11 @@ from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.runner import Attempt, Runner
 from streamcqrs.streams._wire import fast_packing, send_all
 from streamcqrs.streams.commit import Commit
-from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.connection import Settings, config_problem
 from streamcqrs.streams.envelope import Entry, as_str
 from streamcqrs.streams.errors import InvalidTransition, NotOwner
 from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.server import redact
 from streamcqrs.streams.statuses import CLAIMABLE, Status
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -188,13 +189,28 @@ class Bot:
                 pause = min(pause * 2, 30.0)
 
     async def _ensure_group(self, source: Source) -> None:
+        """Create the source's consumer group if it is missing, waiting for the server.
+
+        While the server does not answer, a warning names it (password hidden) at each
+        backoff step; a refusal no retry fixes (a database it does not have, a refused
+        login) raises ConfigurationError, which stops the worker for good.
+        """
         pause = 0.1
         while not self.stopping.is_set():
             try:
                 if await recovery.ensure_group(self.client, source):
                     self.log.info("created consumer group", source=str(source))
                 return
-            except NETWORK_ERRORS:
+            except (*NETWORK_ERRORS, ResponseError) as exc:
+                problem = config_problem(exc, self.config.url or "")
+                if problem is not None:
+                    raise problem from None
+                if isinstance(exc, ResponseError):
+                    raise
+                self.log.warning(
+                    "cannot reach the server; retrying", url=redact(self.config.url or ""),
+                    error=str(exc), pause_s=pause,
+                )  # fmt: skip
                 await self._pause(pause)
                 pause = min(pause * 2, 5.0)
 

@@ -3,6 +3,11 @@
 Every line a bot writes about an entry is bound with subsystem, stream, message id and
 correlation id (see ``entry_logger``), so one conversation can be followed across bots with
 a grep on its correlation id.
+
+The supervisor and its workers share one stdout (the file or pipe they were started with), so
+each line goes out in one write, newline included: written in two (the message, then the
+newline, as structlog's PrintLogger does for a line longer than the 8 KiB buffer), another
+process's line could land in between and glue two JSON lines into one.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
 

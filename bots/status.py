@@ -1,27 +1,26 @@
-"""``python -m bots status``: how far each consumer group of an app is, and what is stuck.
+"""``streamcqrs status``: how far each consumer group of an app is, and what is stuck.
 
 Per stream partition and consumer group: the stream's length, the lag (entries not yet
 delivered to the group), the pending entries (delivered, not yet acked), the age of the
-oldest pending one, the entries waiting in the delayed set, and the dead letters of the
-stream's subsystem partition.
+oldest pending one, the entries waiting in the delayed set, and the open dead letters of the
+stream's subsystem partition (those an operator has retried or archived are not counted).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import redis
 from redis.exceptions import ResponseError
 
-from streamcqrs.bots.supervisor import load_app
 from streamcqrs.handlers.delivery import Source, sources
 from streamcqrs.handlers.registry import App
-from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.cli import connect, open_count
 from streamcqrs.streams.envelope import as_str
-from streamcqrs.streams.keys import Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,7 @@ def group_status(client: redis.Redis, source: Source) -> GroupStatus:
     """The figures of one source (a missing stream or group reads as empty)."""
     length = int(client.xlen(source.key))
     delayed = int(client.zcard(source.part.delayed(source.ref.kind)))
-    dead = int(client.xlen(source.part.stream(Kind.DEAD_LETTERS)))
+    dead = open_count(client, source.part)
     lag: int | None = length
     pending, consumers, oldest = 0, 0, None
     try:
@@ -91,16 +90,17 @@ def render(rows: list[GroupStatus]) -> str:
                      for line in [head, *body])  # fmt: skip
 
 
-def main(app_spec: str, url: str | None, *, as_json: bool = False) -> int:
-    """Print the status of ``app_spec``'s groups; return the exit status."""
-    app = load_app(app_spec)
-    client = Settings(url=url).client()
+def report(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the status of the groups of ``args.app`` on ``args.url``; the exit status."""
+    app = App.load(args.app)
+    client = connect(args)
     try:
         rows = app_status(client, app)
     finally:
         client.close()
-    print(json.dumps([asdict(r) for r in rows], indent=2) if as_json else render(rows))
+    out.write(json.dumps([asdict(r) for r in rows], indent=2) if args.json else render(rows))
+    out.write("\n")
     return 0
 
 
-__all__ = ["GroupStatus", "app_status", "group_status", "main", "render"]
+__all__ = ["GroupStatus", "app_status", "group_status", "render", "report"]

@@ -1,9 +1,20 @@
-"""``python -m bots run``: N worker processes, each a Bot, under a supervisor that restarts them.
+"""``streamcqrs run``: N worker processes, each a Bot, under a supervisor that restarts them.
 
-The supervisor resolves the server once (so workers share one private server when no URL is
-given), starts the workers with multiprocessing's spawn method, restarts one that dies (with
-a growing pause if it keeps dying at once), and on SIGTERM/SIGINT asks every worker to stop,
-waits for them within their grace period, kills stragglers, and exits 0.
+Before it forks anything, the supervisor loads the app, checks ``--only`` against it, and
+resolves and checks the server once (the URL's form, then a PING that logs in and selects
+the database): a mistake no restart can fix stops it here with a ConfigurationError, which
+the command prints as one line and exit status 2. With no URL it starts a private server and
+says so, since no other process can reach that one. A server that does not answer yet is
+only a warning: the workers wait for it, saying so at each backoff step.
+
+It then starts the workers with multiprocessing's spawn method and waits for one of three
+events: a worker exits (its process sentinel), a signal arrives (a wakeup pipe the signal
+handler writes to), or a restart falls due. It reacts at once, without polling. A worker
+that dies is restarted, after a growing pause if it keeps dying at once; a worker that exits
+with ``CONFIG_ERROR`` (its configuration is wrong, say the database is gone from the server)
+is not restarted: the supervisor stops them all and exits 2. On SIGTERM/SIGINT it asks every
+worker to stop, waits for them within their grace period, kills stragglers, and exits 0 if
+every worker running at that moment stopped cleanly.
 
 Each worker runs one Bot on its own event loop; SIGTERM/SIGINT make it stop reading, finish
 or release in-flight work, commit, and exit 0.
@@ -12,8 +23,9 @@ or release in-flight work, commit, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import contextlib
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import signal
@@ -27,34 +39,38 @@ from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.logging import configure, get_logger
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.handlers.registry import App
-from streamcqrs.streams.server import resolve_url
+from streamcqrs.streams.connection import Settings
+from streamcqrs.streams.errors import ServerUnavailable
+from streamcqrs.streams.server import given_url, redact, resolve_url
 
-CHECK_EVERY = 0.2
-"""Seconds between two looks at the workers."""
 QUICK_DEATH = 5.0
 """A worker that dies sooner than this after its start counts as crash-looping."""
+CONFIG_ERROR = 78
+"""A worker's exit status for a configuration error (sysexits' EX_CONFIG): not restarted."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""What stops the supervisor (and, sent by it, each worker) cleanly."""
+
+load_app = App.load
+"""The one ``MODULE:APP`` loader (``App.load``), under the name the bots layer exports."""
 
 
-def load_app(spec: str) -> App:
-    """Import ``MODULE:ATTRIBUTE`` and return the App found there."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"app {spec!r} must be written MODULE:APP, e.g. myapp.bots:app")
-    module = importlib.import_module(module_name)
-    try:
-        app = getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(app, App):
-        raise ConfigurationError(f"{spec} is a {type(app).__name__}, not a handlers.App")
-    return app
+def check_only(app: App, only: tuple[str, ...]) -> None:
+    """ConfigurationError if ``--only`` names a subsystem no handler of ``app`` consumes."""
+    known = app.input_subsystems()
+    unknown = sorted(set(only) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"--only {' '.join(unknown)}: no handler of app {app.name!r} reads "
+            f"{'that subsystem' if len(unknown) == 1 else 'those subsystems'}; "
+            f"known: {', '.join(sorted(known)) or 'none'}"
+        )
 
 
 async def serve(app: App, config: BotConfig) -> None:
     """Run one Bot until SIGTERM or SIGINT, then drain it and close its connections."""
     bot = Bot(app, config)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, bot.stop)
     try:
         await bot.run()
@@ -63,9 +79,16 @@ async def serve(app: App, config: BotConfig) -> None:
 
 
 def worker_main(app_spec: str, config: BotConfig, log_level: str, json: bool | None) -> None:
-    """Entry point of one worker process."""
+    """Entry point of one worker process; exits with CONFIG_ERROR on a configuration error."""
     configure(log_level, json=json)
-    asyncio.run(serve(load_app(app_spec), config))
+    try:
+        asyncio.run(serve(App.load(app_spec), config))
+    except ConfigurationError as exc:
+        get_logger(app=app_spec, index=config.index).error(
+            "configuration error; not restarting", error=str(exc)
+        )
+        sys.stdout.flush()
+        raise SystemExit(CONFIG_ERROR) from None
     stuck = [t for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread()]
     if stuck:
         # A plain ``def`` handler still blocked after the grace period: its entry was
@@ -95,11 +118,16 @@ class Supervisor:
         self.log_level = log_level
         self.json = json
         self.log = get_logger(app=app_spec, role="supervisor")
-        self.stopping = threading.Event()
+        self._stop_requested = False
+        self._wake_read = self._wake_write = -1
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, tuple[multiprocessing.process.BaseProcess, float]] = {}
         self._pause: dict[int, float] = {}
+        self._due: dict[int, float] = {}
+        """Workers that died, by index: when to start their replacement (monotonic)."""
         self.restarts = 0
+        self.config_error = False
+        """A worker exited with CONFIG_ERROR: stop everything, and say so."""
 
     def _start(self, index: int, url: str) -> None:
         process = self._context.Process(
@@ -112,38 +140,109 @@ class Supervisor:
         self.log.info("worker started", index=index, pid=process.pid)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.stopping.set()
+        # Only a flag and a byte: a handler that took a lock (threading.Event.set) could
+        # deadlock on one the interrupted code holds.
+        self._stop_requested = True
+        with contextlib.suppress(OSError):  # the pipe is full: the loop wakes anyway
+            os.write(self._wake_write, b"\0")
+
+    def prepare(self) -> str:
+        """Load and check everything once, before any worker: the URL the workers get.
+
+        ConfigurationError for a wrong app, ``--only`` or URL (form, database, login).
+        """
+        check_only(App.load(self.app_spec), self.config.only)
+        private = given_url(self.config.url) is None
+        url = resolve_url(self.config.url)
+        if private:
+            self.log.warning(
+                "no server given: started a private one that only these workers can reach",
+                url=url,
+                hint="run 'streamcqrs server' and pass its REDIS_URL (or --url) so that "
+                "producers and 'streamcqrs status' reach the same server",
+            )
+        try:
+            Settings(url=url).check()
+        except ServerUnavailable as exc:
+            self.log.warning(
+                "the server does not answer yet; the workers will keep trying",
+                url=redact(url), error=str(exc),
+            )  # fmt: skip
+        return url
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
-        load_app(self.app_spec)  # a wrong app spec fails here, once, not in every worker
-        url = resolve_url(self.config.url)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        for index in range(self.processes):
-            self._start(index, url)
-        while not self.stopping.wait(CHECK_EVERY):
-            self._restart_dead(url)
-        return self._stop_all()
+        url = self.prepare()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        try:
+            for index in range(self.processes):
+                self._start(index, url)
+            while not self._stop_requested:
+                self._wait()
+                self._reap(url)
+            status = self._stop_all()
+            if self.config_error:
+                raise ConfigurationError(
+                    "a worker stopped on a configuration error (its 'configuration error' log "
+                    "line says which); fix it and start again"
+                )
+            return status
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
-    def _restart_dead(self, url: str) -> None:
+    def _wait(self) -> None:
+        """Block until a worker exits, a signal arrives, or a restart falls due."""
+        timeout = None
+        if self._due:
+            timeout = max(0.0, min(self._due.values()) - time.monotonic())
+        sentinels = [process.sentinel for process, _ in self._workers.values()]
+        ready = multiprocessing.connection.wait([self._wake_read, *sentinels], timeout)
+        if self._wake_read in ready:
+            os.read(self._wake_read, 512)
+
+    def _reap(self, url: str) -> None:
+        """Note workers that died (restart them in time, or stop on a configuration error)
+        and start the replacements that are due. Once a stop is asked for, ``_stop_all``
+        sees to every worker (one may have had the signal too and exited already)."""
+        if self._stop_requested:
+            return
         for index, (process, started) in list(self._workers.items()):
             if process.is_alive():
                 continue
             process.join(0)
+            del self._workers[index]
             lived = time.monotonic() - started
+            if process.exitcode == CONFIG_ERROR:
+                self.log.error("worker stopped on a configuration error; stopping the others",
+                               index=index, pid=process.pid, exitcode=process.exitcode)  # fmt: skip
+                self.config_error = True
+                self._stop_requested = True
+                return
             pause = self._pause.get(index, 0.0)
             pause = min(max(0.5, pause * 2), 30.0) if lived < QUICK_DEATH else 0.0
             self._pause[index] = pause
+            self._due[index] = time.monotonic() + pause
             self.log.error("worker died; restarting it", index=index, pid=process.pid,
                            exitcode=process.exitcode, lived_s=round(lived, 1),
                            pause_s=pause)  # fmt: skip
-            if pause and self.stopping.wait(pause):
-                return
-            self.restarts += 1
-            self._start(index, url)
+        now = time.monotonic()
+        for index, due in sorted(self._due.items()):
+            if due <= now and not self._stop_requested:
+                del self._due[index]
+                self.restarts += 1
+                self._start(index, url)
 
     def _stop_all(self) -> int:
+        """Stop the running workers; 0 if each stopped cleanly within the grace period.
+
+        A worker that died earlier and waits for its restart is not counted: its death was
+        reported when it happened, and the stop itself went as asked.
+        """
         self.log.info("stopping workers", count=len(self._workers))
         for process, _ in self._workers.values():
             if process.is_alive() and process.pid is not None:
@@ -159,8 +258,8 @@ class Supervisor:
                 status = 1
             elif process.exitcode not in (0, -signal.SIGTERM):
                 status = 1
-        self.log.info("stopped", exit_status=status)
+        self.log.info("stopped", exit_status=2 if self.config_error else status)
         return status
 
 
-__all__ = ["Supervisor", "load_app", "serve", "worker_main"]
+__all__ = ["CONFIG_ERROR", "Supervisor", "check_only", "load_app", "serve", "worker_main"]

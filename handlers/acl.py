@@ -10,7 +10,7 @@ Three kinds of user, each allowed only what its part of the Naos workflow does:
   ``writes``, append only to the aggregates declared in ``appends``, read what ``reads`` names.
 * ``<app>-api``: read the views and events of the app's subsystems, nothing else.
 
-``python -m streams acl MODULE:APP`` prints them as ``ACL SETUSER`` lines.
+``streamcqrs acl MODULE:APP`` prints them as ``ACL SETUSER`` lines.
 """
 
 from __future__ import annotations

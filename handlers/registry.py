@@ -8,16 +8,23 @@ The same declarations generate least-privilege Redis ACL users.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.streams.keys import Kind, check_concern
-from streamcqrs.streams.subsystem import as_kind
+from streamcqrs.streams.subsystem import parse_stream
 
 F = TypeVar("F", bound=Callable[..., Any])
 HandlerFn = Callable[[Any, Any], Awaitable[None] | None]
@@ -35,12 +42,9 @@ class StreamRef:
         """Parse ``"subsystem/kind"``; raise HandlerError saying the form if it is not one."""
         if isinstance(spec, StreamRef):
             return spec
-        subsystem, sep, kind = spec.partition("/")
-        if not sep or not subsystem:
-            raise HandlerError(f"stream {spec!r} must be written 'subsystem/kind'")
         try:
-            return cls(subsystem, as_kind(kind))
-        except ValueError as exc:
+            return cls(*parse_stream(spec))
+        except ConfigurationError as exc:
             raise HandlerError(str(exc)) from None
 
     def __str__(self) -> str:
@@ -68,7 +72,7 @@ class HandlerSpec:
 
 @dataclass
 class App:
-    """A set of handlers and the subsystems they run over; what ``python -m bots run`` loads.
+    """A set of handlers and the subsystems they run over; what ``streamcqrs run`` loads.
 
     >>> app = App("notifications")
     >>> @app.handler(SendNotification, stream="notification/client-ops",
@@ -81,6 +85,17 @@ class App:
     partitions: dict[str, int] = field(default_factory=dict)
     handlers: list[HandlerSpec] = field(default_factory=list)
     ignored: dict[StreamRef, set[type[Message]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, spec: str) -> App:
+        """The App that ``MODULE:APP`` names: ``shop:app``, ``shop.py:app``, ``pkg.bots:app``.
+
+        The module is imported with the current directory on the import path, as
+        ``python -m`` would. Every command that takes an app loads it here; a spec that
+        names no App raises ConfigurationError saying what is wrong and, where a name is
+        close, "did you mean ...?".
+        """
+        return load_app(spec)
 
     def subsystem(self, name: str, *, partitions: int = 1) -> None:
         """Declare a subsystem's partition count (default 1)."""
@@ -162,6 +177,10 @@ class App:
             out.setdefault((spec.source, spec.concern), []).append(spec)
         return out
 
+    def input_subsystems(self) -> set[str]:
+        """Subsystems whose streams a handler of this app consumes (what ``--only`` names)."""
+        return {spec.source.subsystem for spec in self.handlers}
+
     def subsystems(self) -> set[str]:
         """Every subsystem a handler reads, writes or appends to."""
         names = set(self.partitions)
@@ -171,3 +190,100 @@ class App:
             names.update(r.subsystem for r in spec.reads)
             names.update(spec.appends)
         return names
+
+
+# -- loading an app by name ----------------------------------------------------------------
+
+FORM = "MODULE:APP, e.g. shop:app or myapp.bots:app"
+
+
+def load_app(spec: str) -> App:
+    """``App.load``: import ``MODULE`` and return its App ``APP`` (see there)."""
+    module_part, sep, attribute = spec.partition(":")
+    if not sep or not module_part or not attribute:
+        hint = _apps_hint(module_part) if module_part and not sep else ""
+        raise ConfigurationError(f"app {spec!r} must be written {FORM}{hint}")
+    module = _import(module_part)
+    name = module.__name__
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"module {name!r} has no attribute {attribute!r}{_suggest(module, attribute)}"
+            ) from None
+    if not isinstance(found, App):
+        kind = type(found).__name__
+        raise ConfigurationError(
+            f"{name}:{attribute} is a {kind}, not a streamcqrs App{_suggest(module, attribute)}"
+        )
+    return found
+
+
+def _import(module_part: str) -> ModuleType:
+    """Import ``shop``, ``pkg.shop`` or ``path/to/shop.py`` with its folder on the path."""
+    if module_part.endswith(".py"):
+        path = Path(module_part).resolve()
+        here = Path.cwd()
+        if path.is_relative_to(here):  # pkg/shop.py is the module pkg.shop, as -m names it
+            folder, name = str(here), ".".join(path.relative_to(here).with_suffix("").parts)
+        else:
+            folder, name = str(path.parent), path.stem
+    else:
+        folder, name = os.getcwd(), module_part
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ConfigurationError(
+                f"no module {name!r} in {folder} or on the import path"
+                f"{_module_hint(name, folder)}; run the command from the folder that holds "
+                "it, or add that folder to PYTHONPATH"
+            ) from None
+        raise ConfigurationError(
+            f"importing {name!r} failed: {exc}; install what it imports"
+        ) from None
+
+
+def _module_hint(name: str, folder: str) -> str:
+    """`` (did you mean shop?)`` when a module in ``folder`` has a close name."""
+    parent, _, leaf = name.rpartition(".")
+    root = Path(folder, *parent.split(".")) if parent else Path(folder)
+    try:
+        candidates = [
+            p.stem if p.suffix == ".py" else p.name
+            for p in root.iterdir()
+            if p.suffix == ".py" or (p / "__init__.py").exists()
+        ]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(leaf, candidates, n=1)
+    return f" (did you mean {'.'.join([*filter(None, [parent]), close[0]])}?)" if close else ""
+
+
+def _apps_of(module: ModuleType) -> list[str]:
+    """Names of the App objects a module holds."""
+    return sorted(n for n, v in vars(module).items() if isinstance(v, App))
+
+
+def _suggest(module: ModuleType, attribute: str) -> str:
+    """``; did you mean shop:app?`` from the module's Apps (closest name first)."""
+    apps = _apps_of(module)
+    if not apps:
+        return f"; module {module.__name__!r} defines no streamcqrs App"
+    close = difflib.get_close_matches(attribute, apps, n=1, cutoff=0.0) or apps
+    return f"; did you mean {module.__name__}:{close[0]}?"
+
+
+def _apps_hint(module_part: str) -> str:
+    """``; did you mean shop:app?`` for a spec without ``:APP``, if the module imports."""
+    try:
+        module = _import(module_part)
+    except ConfigurationError:
+        return ""
+    apps = _apps_of(module)
+    return f"; did you mean {module.__name__}:{apps[0]}?" if apps else ""

@@ -34,6 +34,20 @@ def as_kind(kind: KindName) -> Kind:
             raise ConfigurationError(f"unknown stream kind {kind!r}; one of: {names}") from None
 
 
+def parse_stream(spec: str) -> tuple[str, Kind]:
+    """``"subsystem/kind"`` (``"email/client-ops"``) as (subsystem, Kind).
+
+    The one reader of that form, for handler declarations and the command line alike;
+    ConfigurationError saying the form, the kinds, or what a subsystem name may hold.
+    """
+    subsystem, sep, kind = spec.partition("/")
+    if not sep or not subsystem:
+        raise ConfigurationError(
+            f"stream {spec!r} must be written SUBSYSTEM/KIND, e.g. notification/client-ops"
+        )
+    return SubsystemKeys(subsystem).subsystem, as_kind(kind)
+
+
 class Subsystem:
     """The streams of one subsystem (``notification``, ``email``) on one server.
 

@@ -1,4 +1,4 @@
-"""The app the bot runtime tests run as real subprocesses: ``python -m bots run tests.botapps:app``.
+"""The app the bot runtime tests run as real subprocesses: ``streamcqrs run tests.botapps:app``.
 
 Subsystem ``botapp``; every handler reads its client operations:
 
@@ -227,7 +227,7 @@ FAST = ("--block-ms", "100", "--mover-interval", "0.05", "--log-level", "debug")
 
 
 class BotProcess:
-    """``python -m bots run tests.botapps:app`` as a real process group, logging to a file.
+    """``streamcqrs run tests.botapps:app`` as a real process group, logging to a file.
 
     Use as a context manager: whatever happens in the test, the group is killed at the end.
     """
@@ -235,7 +235,7 @@ class BotProcess:
     def __init__(self, url: str, log: Path, *args: str) -> None:
         self.log = log
         self._out = log.open("ab")
-        command = [sys.executable, "-m", "streamcqrs.bots", "run", "tests.botapps:app",
+        command = [sys.executable, "-m", "streamcqrs", "run", "tests.botapps:app",
                    "--url", url, *FAST, *args]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         self.proc = subprocess.Popen(

@@ -559,14 +559,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_real_bot_process_runs_as_its_acl_user(
     users: Users, run: Callable[[Any], Any], tmp_path: Path
 ) -> None:
-    """``python -m bots run``, logged in as the generated bot user, takes a client's order
+    """``streamcqrs run``, logged in as the generated bot user, takes a client's order
     through every declared step (aggregate, billing operation, billing aggregate, views) and
     dead-letters a failing one, and the server refuses none of what it does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     env |= {"REDIS_USERNAME": BOT, "REDIS_PASSWORD": PASSWORD}
     log = tmp_path / "bot.log"
     args = [
-        sys.executable, "-m", "streamcqrs.bots", "run", "tests.test_acl:APP", "--url", users.url,
+        sys.executable, "-m", "streamcqrs", "run", "tests.test_acl:APP", "--url", users.url,
         "--max-attempts", "1", "--block-ms", "100", "--log-level", "debug", "--grace", "5",
     ]  # fmt: skip
     orders = Subsystem("orders", users.aio(CLIENT)).writer("client-ops")

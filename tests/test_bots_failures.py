@@ -1,4 +1,4 @@
-"""Bad input and failing handlers, with real ``python -m bots run`` processes.
+"""Bad input and failing handlers, with real ``streamcqrs run`` processes.
 
 A poison entry is dead-lettered once and the bot goes on; a handler that fails is retried
 with growing delays; one that always fails ends Failed with one dead letter.

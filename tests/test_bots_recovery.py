@@ -1,4 +1,4 @@
-"""Crashes, shutdowns and a wiped server, with real ``python -m bots run`` processes.
+"""Crashes, shutdowns and a wiped server, with real ``streamcqrs run`` processes.
 
 What a bot committed exists exactly once whatever happens to the bot: a kill -9 mid-work is
 finished by another bot, a SIGTERM drains in-flight work and exits 0, a handler slower than

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis.exceptions
 
-from streamcqrs.streams import Settings
+from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.streams import ServerUnavailable, Settings
+from streamcqrs.streams.server import normalize_url, redact
 from tests.support import Backend, Run
 
 USER, PASSWORD = "settings-test", "s3cret-for-tests"
@@ -92,3 +94,60 @@ def test_an_explicit_url_beats_redis_url(real: Backend, monkeypatch: pytest.Monk
 
     with settings.client() as client:
         assert client.ping()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("valkey://127.0.0.1:6391", "redis://127.0.0.1:6391"),
+        ("valkeys://u:p@h:1/2", "rediss://u:p@h:1/2"),
+        ("VALKEY://h:1/0", "redis://h:1/0"),
+        ("unix:///tmp/s.sock?db=3", "unix:///tmp/s.sock?db=3"),
+        ("redis://h:1/15", "redis://h:1/15"),
+    ],
+)
+def test_valkey_urls_read_as_redis_urls(given: str, expected: str) -> None:
+    """valkey:// and valkeys:// are the same protocol as redis:// and rediss://."""
+    assert expected == normalize_url(given)
+
+
+@pytest.mark.parametrize(
+    "given", ["localhost:6391", "ftp://h/0", "redis://h:port/0", "redis://h:1/x", "redis//h"]
+)
+def test_a_url_that_names_no_server_is_refused_with_the_form(given: str) -> None:
+    """No scheme, an unknown one, a port or database that is not a number: ConfigurationError
+    showing how a URL is written."""
+    with pytest.raises(ConfigurationError) as refused:
+        normalize_url(given)
+
+    assert "redis://localhost:6379/0" in str(refused.value)
+
+
+def test_settings_take_valkey_urls_and_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client made from a valkey:// URL, given or in REDIS_URL, connects where it says."""
+    monkeypatch.setenv("REDIS_URL", "valkey://example.invalid:7000/3")
+
+    with Settings().client() as client:
+        kwargs = client.get_connection_kwargs()
+
+    assert ("example.invalid", 7000, 3) == (kwargs["host"], kwargs["port"], kwargs["db"])
+
+
+def test_passwords_are_hidden_in_urls_shown() -> None:
+    """redact hides the password in the user part and in a password= query parameter."""
+    assert "redis://bot:***@h:1/0" == redact("redis://bot:s3cret@h:1/0")
+    assert "rediss://:***@h:1/0?password=***&x=1" == redact("rediss://:a@h:1/0?password=b&x=1")
+    assert "unix:///tmp/s.sock" == redact("unix:///tmp/s.sock")
+
+
+def test_check_tells_a_missing_database_from_a_server_that_is_down(real: Backend) -> None:
+    """check(): the database a server lacks is a ConfigurationError (no retry fixes it); a
+    port where nothing listens is ServerUnavailable (it may come up)."""
+    url = real.url or ""
+    wrong = f"{url}?db=99" if url.startswith("unix:") else f"{url}/99"
+    Settings(url=url).check()
+
+    with pytest.raises(ConfigurationError, match="has no such database"):
+        Settings(url=wrong).check()
+    with pytest.raises(ServerUnavailable, match=r"cannot reach the server at redis://127\.0\.0\.1:1/0"):
+        Settings(url="redis://127.0.0.1:1/0").check()

@@ -2,15 +2,24 @@
 
 Each check runs in a fresh interpreter, imports every module of one package, and looks at
 ``sys.modules``: a layer that pulled in a layer above it (or domain pulling in redis) fails.
+A second check reads every source file: an import inside a function (not run at import
+time) or a string handed to ``importlib.import_module`` must not point up either.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("domain", "streams", "handlers", "bots")
+"""The layers, lowest first."""
 
 PROBE = """
 import importlib, json, pkgutil, sys
@@ -76,3 +85,49 @@ def test_the_probe_sees_imports_that_do_happen() -> None:
     found = _import_all("streamcqrs.handlers")
 
     assert {"streamcqrs.domain", "streamcqrs.streams", "redis"} <= set(found["loaded"])
+
+
+def imported_names(source: str) -> Iterator[str]:
+    """Every module a source names in an import statement (anywhere, even in a function) or
+    as a literal string given to ``importlib.import_module`` / ``__import__``."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if name in ("import_module", "__import__") and isinstance(first, ast.Constant):
+                yield str(first.value)
+
+
+def upward(layer: str) -> list[str]:
+    """``file: module`` for each import in ``layer``'s sources of a layer above it."""
+    above = {f"streamcqrs.{name}" for name in ORDER[ORDER.index(layer) + 1 :]} | {"examples"}
+    found = []
+    for path in sorted((ROOT / layer).rglob("*.py")):
+        for name in imported_names(path.read_text()):
+            if ".".join(name.split(".")[:2]) in above or name.split(".")[0] in above:
+                found.append(f"{path.relative_to(ROOT)}: {name}")
+    return found
+
+
+@pytest.mark.parametrize("layer", ORDER[:-1])
+def test_no_source_of_a_layer_names_a_layer_above_it(layer: str) -> None:
+    """No import statement and no import_module("...") string in a layer points up."""
+    assert [] == upward(layer)
+
+
+def test_the_source_check_sees_string_imports() -> None:
+    """A function-level import and a string import_module of a higher layer are both seen."""
+    source = (
+        "import importlib\n"
+        "def f():\n"
+        "    from streamcqrs.bots.bot import Bot\n"
+        "    return importlib.import_module('streamcqrs.handlers.acl')\n"
+    )
+    assert ["importlib", "streamcqrs.bots.bot", "streamcqrs.handlers.acl"] == sorted(
+        imported_names(source)
+    )

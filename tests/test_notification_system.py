@@ -2,7 +2,7 @@
 
 One private server, one SMTP server that receives mail (aiosmtpd; 550 for the bounce
 addresses), one HTTP server standing in for the Slack webhook (404 for ``#gone``, holding
-``#slow``), the three subsystems' bots as ``python -m bots run`` processes, and the API under
+``#slow``), the three subsystems' bots as ``streamcqrs run`` processes, and the API under
 uvicorn. Each test asks for a notification over HTTP and awaits its view on the views stream.
 """
 

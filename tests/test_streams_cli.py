@@ -1,4 +1,4 @@
-"""``python -m streams``, run as a subprocess against a real server, as an operator would."""
+"""``streamcqrs``, run as a subprocess against a real server, as an operator would."""
 
 from __future__ import annotations
 
@@ -19,33 +19,23 @@ from typing import Any, cast
 import pytest
 import redis
 
+from streamcqrs.__main__ import build_parser
 from streamcqrs.handlers import App, Context
 from streamcqrs.streams import Kind, Subsystem, SubsystemKeys, find_server_binary
-from streamcqrs.streams.cli import build_parser
 from streamcqrs.streams.envelope import as_str
 from streamcqrs.streams.statuses import Action, decode_stored
+from tests.commands import streamcqrs
 from tests.messages import Account, Deposited, Ping
 from tests.support import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
-COMMANDS = ("tail", "show", "replay", "dead-letters", "failed", "acl")
+COMMANDS = ("run", "status", "server", "tail", "show", "replay", "dead-letters", "failed", "acl")
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m streams ARGS`` from the repository root; REDIS_URL only if given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
-    if url is not None:
-        env["REDIS_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "streamcqrs.streams", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    """Run ``streamcqrs ARGS`` from the repository root; REDIS_URL only if given."""
+    return streamcqrs(*args, url=url)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -72,7 +62,8 @@ def put_pings(
 
 
 def test_help_describes_every_command_and_argument() -> None:
-    """``--help`` names every command, and every argument of every command has help text."""
+    """``--help`` names every command of the one ``streamcqrs`` command, every command has a
+    description, and every argument of every command has help text."""
     result = cli("--help")
     assert 0 == result.returncode
     for command in COMMANDS:
@@ -80,6 +71,8 @@ def test_help_describes_every_command_and_argument() -> None:
     parser = build_parser()
     missing = []
     for sub in _subparsers(parser):
+        if not sub.description:
+            missing.append(f"{sub.prog} (no description)")
         for action in sub._actions:
             skip = isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
             if not skip and not action.help:
@@ -139,7 +132,7 @@ def test_tail_follow_prints_new_records_until_ctrl_c(
     put_pings(run, shop, 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcqrs.streams", "tail", "shop/client-ops", "-n", "1",
+        [sys.executable, "-m", "streamcqrs", "tail", "shop/client-ops", "-n", "1",
          "--follow", "--json", "--partitions", "3", "--url", real.url or ""],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -341,7 +334,7 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         env |= {"REDIS_USERNAME": "reader", "REDIS_PASSWORD": "pw"}
-        args = [sys.executable, "-m", "streamcqrs.streams", "replay", "shop/client-ops",
+        args = [sys.executable, "-m", "streamcqrs", "replay", "shop/client-ops",
                 "--since", "0", "--to", "shop/internal-ops", "--url", real.url or ""]  # fmt: skip
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=TIMEOUT, check=False)  # fmt: skip
@@ -385,11 +378,11 @@ OPS = JOBS.stream(CO)
 
 @pytest.fixture
 def bot(real: Backend, tmp_path: Path) -> Iterator[Path]:
-    """``python -m bots run`` over CLI_APP (one attempt, fast mover); yields its log file."""
+    """``streamcqrs run`` over CLI_APP (one attempt, fast mover); yields its log file."""
     log = tmp_path / "bot.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     args = [
-        sys.executable, "-m", "streamcqrs.bots", "run", "tests.test_streams_cli:CLI_APP",
+        sys.executable, "-m", "streamcqrs", "run", "tests.test_streams_cli:CLI_APP",
         "--url", real.url or "", "--max-attempts", "1", "--block-ms", "100",
         "--mover-interval", "0.05",
     ]  # fmt: skip
@@ -523,3 +516,35 @@ def test_failed_retry_and_archive_and_bad_input(
     assert [] == json_lines(cli("dead-letters", "list", "jobs", "--json", "--url", url).stdout)
     listing = cli("failed", "list", "jobs/client-ops", "--concern", "work", "--url", url)
     assert "0 record(s) Failed for work on jobs/client-ops" in listing.stdout
+
+
+def test_a_message_that_fails_again_after_a_retry_can_be_retried_again(
+    real: Backend, run: Callable[[Any], Any], bot: Path
+) -> None:
+    """Retried while still broken, a job fails again and gets a second, open dead letter
+    under the same id: 'list' shows it open, 'retry' takes that one (not the first, already
+    retried) and says 'retried'; once fixed, the job completes."""
+    admin = real.sync_client()
+    url = real.url or ""
+    admin.sadd(BROKEN, "5")
+    five = job(run, real, 5)
+    letters = JOBS.stream(Kind.DEAD_LETTERS)
+    wait_for(admin, lambda: admin.xlen(letters) == 1, "the first dead letter", bot)
+    first = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 0 == first.returncode, first.stderr
+    assert "1 dead letter(s) retried" in first.stdout
+
+    def failed_again() -> bool:
+        return admin.xlen(letters) == 2 and statuses(admin, "work").get(five) == "Failed"
+
+    wait_for(admin, failed_again, "the second failure", bot)
+    listed = json_lines(cli("dead-letters", "list", "jobs", "--all", "--json", "--url", url).stdout)
+    assert [(five, "retried"), (five, "open")] == [(r["id"], r["state"]) for r in listed]
+    admin.srem(BROKEN, "5")
+    second = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 0 == second.returncode, second.stderr
+    assert f"retried {five} into jobs/client-ops for work" in second.stdout
+    wait_for(admin, lambda: statuses(admin, "work").get(five) == "Completed", "the fix", bot)
+    third = cli("dead-letters", "retry", "jobs", five, "--url", url)
+    assert 2 == third.returncode
+    assert f"dead letter {five} is already retried" in third.stderr

@@ -11,7 +11,7 @@ Where things are:
 ==================  ===========================================================================
 ``messages``        every operation and event, with its stored name
 ``client``          ``send_notification``: tracking id from ``next_id()``, idempotency keys
-``app``             the handlers and what each declares (``python -m bots run ...app:app``)
+``app``             the handlers and what each declares (``streamcqrs run ...app:app``)
 ``notify``          notification bot: first event, sends, saga entry, deadline; failure report
 ``delivery``        email and Slack bots: send for real, write the outcome event
 ``senders``         SMTP (smtplib) and Slack webhook (httpx) senders

@@ -1,6 +1,6 @@
 """The notification example's handlers, and the streams each one reads, writes and appends to.
 
-Run its bots with ``python -m bots run examples.notification.app:app`` (all of them), or one
+Run its bots with ``streamcqrs run examples.notification.app:app`` (all of them), or one
 subsystem's with ``--only notification`` / ``--only email`` / ``--only slack``. A handler
 belongs to the subsystem of its input stream, so the saga's handlers of email and Slack
 outcomes run with ``--only email`` and ``--only slack``.
@@ -50,7 +50,7 @@ from examples.notification.messages import (
 from streamcqrs.handlers import App
 
 app = App("notification")
-"""The app ``python -m bots run examples.notification.app:app`` runs."""
+"""The app ``streamcqrs run examples.notification.app:app`` runs."""
 
 app.handler(
     SendNotification,

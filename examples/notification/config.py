@@ -1,6 +1,6 @@
 """Settings of the notification example, read from ``NOTIFICATION_*`` environment variables.
 
-Bots are separate processes (``python -m bots run``), so the environment is how the demo and
+Bots are separate processes (``streamcqrs run``), so the environment is how the demo and
 the tests tell them where the SMTP server and the Slack webhook are. ``configure`` replaces
 the settings in this process (tests that run handlers directly).
 

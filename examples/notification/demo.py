@@ -3,7 +3,7 @@
 Starts a private server (``streams.LocalServer``), an SMTP server that receives mail
 (aiosmtpd, refusing ``bounce@example.com`` with 550), an HTTP server standing in for the
 Slack webhook (holding requests for ``#slow`` until stopped), the bots of the three
-subsystems as ``python -m bots run`` processes, and the API (uvicorn on 127.0.0.1, a free
+subsystems as ``streamcqrs run`` processes, and the API (uvicorn on 127.0.0.1, a free
 port). Then, through the API, it asks for a handful of notifications: sent on both channels,
 on email only, on Slack only, to someone opted out of everything, one whose email bounces and
 one whose Slack call hangs past its deadline, and one request retried with the same
@@ -69,14 +69,14 @@ def say(text: str = "") -> None:
 def bot_command(subsystem: str, grace: float) -> list[str]:
     """The command line of one subsystem's bots."""
     return [
-        sys.executable, "-m", "streamcqrs.bots", "run", APP, "--only", subsystem,
+        sys.executable, "-m", "streamcqrs", "run", APP, "--only", subsystem,
         "--grace", str(grace), "--log-level", "warning", "--log-format", "json",
     ]  # fmt: skip
 
 
 @contextmanager
 def bot_processes(env: dict[str, str], log: Path, grace: float = 2.0) -> Iterator[list[Any]]:
-    """The three subsystems' bots as ``python -m bots run`` processes, stopped on exit."""
+    """The three subsystems' bots as ``streamcqrs run`` processes, stopped on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     with log.open("ab") as out:
         try:
@@ -232,7 +232,7 @@ def run_demo(*, timeout: float = 45.0, url: str | None = None) -> int:
         slack = stack.enter_context(SlackStandIn(hang={"#slow"}))
         say(f"server {url}; SMTP on 127.0.0.1:{smtp.port}; Slack webhook {slack.url}")
         stack.enter_context(bot_processes(bot_env(url, smtp, slack), log))
-        say(f"bots: {', '.join(SUBSYSTEMS)} (python -m bots run {APP} --only ...); log {log}")
+        say(f"bots: {', '.join(SUBSYSTEMS)} (streamcqrs run {APP} --only ...); log {log}")
         base = stack.enter_context(api_server(url))
         say(f"API {base}")
         # Stop the webhook stand-in before the bots (ExitStack unwinds in reverse): a request

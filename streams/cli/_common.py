@@ -1,4 +1,5 @@
-"""What every command of ``python -m streams`` shares: the server, stream names, time, output.
+"""What every operator command of ``streamcqrs`` shares: the server, stream names, time,
+output, and how an error becomes one line.
 
 The CLI is an operator's tool: it runs in a process that usually has none of the app's
 message classes registered, so it shows each entry's envelope and its payload unpacked as
@@ -21,18 +22,24 @@ import msgpack
 import orjson
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from streamcqrs.domain.errors import ConfigurationError, StreamCQRSError
+from streamcqrs.streams.commit import ATTEMPT_FIELD, CONCERN_FIELD
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
 from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys, partition_of
-from streamcqrs.streams.subsystem import as_kind
+from streamcqrs.streams.server import redact, require_url
+from streamcqrs.streams.subsystem import parse_stream
 
 MAX_PARTITIONS = 256
 """How far partition detection looks: EXISTS on this many stream keys, in one round trip."""
 PAGE = 500
 """Entries per XRANGE page when a command walks a whole stream."""
+KNOWN_SCAN = 20_000
+"""Most keys looked at (SCAN) to name the subsystems a server holds, on an error path only."""
+_TAG = re.compile(r"^\{(?P<sub>[^{}]+)\.\d+\}:")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -41,14 +48,15 @@ class CommandError(StreamCQRSError):
     """A command cannot run as asked; the message says what to do instead."""
 
 
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """``--url`` and ``--username`` (the password only from REDIS_PASSWORD, never argv)."""
+def add_connection_options(parser: argparse.ArgumentParser, *, imports: bool = True) -> None:
+    """``--url`` and ``--username`` (the password only from REDIS_PASSWORD, never argv), and
+    with ``imports`` ``--import MODULE`` (to decode payloads with their models)."""
     group = parser.add_argument_group("server")
     group.add_argument(
         "--url",
         default=os.environ.get("REDIS_URL"),
-        help="server URL, e.g. redis://localhost:6379/0 or unix:///tmp/redis.sock "
-        "(default: $REDIS_URL)",
+        help="server URL, e.g. redis://localhost:6379/0, valkey://localhost:6379/0 or "
+        "unix:///tmp/redis.sock (default: $REDIS_URL; 'streamcqrs server' starts one)",
     )
     group.add_argument(
         "--username",
@@ -56,6 +64,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="ACL user to log in as (default: $REDIS_USERNAME); "
         "the password is read from $REDIS_PASSWORD",
     )
+    if not imports:
+        return
     group.add_argument(
         "--import",
         dest="imports",
@@ -68,13 +78,10 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> redis.Redis:
-    """A sync client for the server the command line names; CommandError if it names none."""
-    if not args.url:
-        raise CommandError(
-            "no server given: pass --url redis://host:port/0 (or unix:///path.sock), or set "
-            "REDIS_URL; start one with redis-server or valkey-server if none is running"
-        )
-    for module in args.imports:
+    """A sync client for the server the command line names (never a private one: it would
+    be empty); ConfigurationError saying how to name one if it names none."""
+    args.url = require_url(args.url)
+    for module in getattr(args, "imports", ()):
         import_module(module)
     settings = Settings(url=args.url, username=args.username, retries=0)
     return settings.client()
@@ -82,7 +89,35 @@ def connect(args: argparse.Namespace) -> redis.Redis:
 
 def connect_async(args: argparse.Namespace) -> redis.asyncio.Redis:
     """An asyncio client to the same server as ``connect`` (for the async-only stores)."""
-    return Settings(url=args.url, username=args.username, retries=0).async_client()
+    url = require_url(args.url)
+    return Settings(url=url, username=args.username, retries=0).async_client()
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the parsed command (``args.func``); any error it meets becomes one line.
+
+    Exit status 0 when it went as asked, 2 with ``error: ...`` on stderr, saying what to do,
+    for a mistake of ours, the caller's or the server's refusal; never a traceback for those.
+    """
+    try:
+        status: int = args.func(args, out)
+    except StreamCQRSError as exc:
+        return fail(str(exc))
+    except redis.exceptions.AuthenticationError as exc:
+        return fail(f"cannot log in: {exc}; check --username and $REDIS_PASSWORD")
+    except redis.exceptions.NoPermissionError as exc:
+        return fail(f"the server refused: {exc}; log in as a user allowed to do this")
+    except redis.exceptions.ConnectionError as exc:
+        return fail(f"cannot reach the server at {_where(args)}: {exc}; is it running?")
+    except redis.exceptions.ResponseError as exc:
+        return fail(f"the server at {_where(args)} answered: {exc}")
+    return status
+
+
+def _where(args: argparse.Namespace) -> str:
+    """The server a command used (``connect`` leaves the URL it resolved), password hidden."""
+    url = getattr(args, "url", None)
+    return redact(url) if url else "the server"
 
 
 def import_module(name: str) -> Any:
@@ -97,14 +132,16 @@ def import_module(name: str) -> Any:
 
 def stream_ref(text: str) -> tuple[str, Kind]:
     """``"subsystem/kind"`` as (subsystem, Kind), for argparse ``type=``."""
-    subsystem, sep, kind = text.partition("/")
-    if not sep or not subsystem:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not SUBSYSTEM/KIND, e.g. notification/client-ops"
-        )
     try:
-        SubsystemKeys(subsystem)
-        return subsystem, as_kind(kind)
+        return parse_stream(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def subsystem_name(text: str) -> str:
+    """A subsystem name, for argparse ``type=``."""
+    try:
+        return SubsystemKeys(text).subsystem
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -142,12 +179,46 @@ def partitions(client: redis.Redis, subsystem: str, kind: Kind, given: int | Non
         if given < 1:
             raise CommandError(f"--partitions must be at least 1, not {given}")
         return given
+    found = with_data(client, subsystem)
+    return found[-1] + 1 if found else 1
+
+
+def with_data(client: redis.Redis, subsystem: str) -> list[int]:
+    """Partitions of ``subsystem`` (below MAX_PARTITIONS) that hold any stream."""
     pipe = client.pipeline(transaction=False)
     for number in range(MAX_PARTITIONS):
         part = PartitionKeys(subsystem, number)
         pipe.exists(*(part.stream(each) for each in Kind))
-    found = [n for n, exists in enumerate(pipe.execute()) if exists]
-    return found[-1] + 1 if found else 1
+    return [n for n, exists in enumerate(pipe.execute()) if exists]
+
+
+def existing(
+    client: redis.Redis, subsystem: str, kind: Kind, given: int | None
+) -> SubsystemKeys:
+    """The keys of a subsystem the server holds streams of (``partitions`` as there);
+    CommandError naming the subsystems it does hold when it holds none of this one (a
+    typo would otherwise print nothing and succeed)."""
+    if given is None and not with_data(client, subsystem):
+        raise CommandError(no_such_subsystem(client, subsystem))
+    return SubsystemKeys(subsystem, partitions(client, subsystem, kind, given))
+
+
+def no_such_subsystem(client: redis.Redis, subsystem: str) -> str:
+    """Why a subsystem with no streams is refused, and which ones the server does have."""
+    known = known_subsystems(client)
+    there = f"; subsystems with data: {', '.join(known)}" if known else "; it holds none yet"
+    return f"the server has no streams of subsystem {subsystem!r}{there}"
+
+
+def known_subsystems(client: redis.Redis, limit: int = 20) -> list[str]:
+    """Up to ``limit`` subsystem names found in the server's keys (a bounded SCAN)."""
+    names: set[str] = set()
+    for seen, key in enumerate(client.scan_iter(match="{*}:*", count=1000)):
+        if seen >= KNOWN_SCAN or len(names) >= limit:
+            break
+        if found := _TAG.match(as_str(key)):
+            names.add(found["sub"])
+    return sorted(names)
 
 
 def part_for(keys: SubsystemKeys, envelope: Envelope) -> PartitionKeys:
@@ -204,6 +275,10 @@ def describe(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> dict[str
     )
     if envelope.seq is not None:
         out["seq"] = envelope.seq
+    attempt = raw.get(ATTEMPT_FIELD)
+    out["attempt"] = int(attempt) if attempt and attempt.isdigit() else 1
+    if only := raw.get(CONCERN_FIELD):
+        out["for"] = _text(only)
     try:
         out["data"] = payload(stream, entry_id, envelope)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -235,6 +310,8 @@ def line(entry: Mapping[str, Any]) -> str:
         f"id={entry['id']}",
         f"tags[{tags}]" if tags else "",
         f"seq={entry['seq']}" if "seq" in entry else "",
+        f"attempt={entry['attempt']}" if entry.get("attempt", 1) != 1 else "",
+        f"for={entry['for']}" if "for" in entry else "",
         orjson.dumps(entry.get("data"), default=str).decode(),
         f"ERROR: {entry['error']}" if "error" in entry else "",
     ]

@@ -28,13 +28,15 @@ import redis
 
 from streamcqrs.streams import now_ms
 from streamcqrs.streams.cli._common import (
+    PAGE,
     CommandError,
     connect,
     describe,
     emit,
+    existing,
     iso,
-    partitions,
     stream_entries,
+    subsystem_name,
 )
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.deadletter import KIND as DEAD
@@ -67,7 +69,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Show each dead letter of SUBSYSTEM: id, when, concern, attempts, "
         "reason, the original stream and entry, and the original decoded.",
     )  # fmt: skip
-    listing.add_argument("subsystem", type=_subsystem, help="the subsystem, e.g. email")
+    listing.add_argument("subsystem", type=subsystem_name, help="the subsystem, e.g. email")
     listing.add_argument(
         "--all", action="store_true", help="also those already retried or archived"
     )
@@ -79,19 +81,12 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
             description=f"{verb.capitalize()} the named dead letters of SUBSYSTEM (ids as "
             "'list' prints them: the original message id).",
         )  # fmt: skip
-        action.add_argument("subsystem", type=_subsystem, help="the subsystem, e.g. email")
+        action.add_argument("subsystem", type=subsystem_name, help="the subsystem, e.g. email")
         action.add_argument(
             "ids", nargs="*", metavar="ID", help="dead letters to act on, as 'list' names them"
         )
         action.add_argument("--all", action="store_true", help="every open dead letter")
         action.set_defaults(func=dead_act_command, act=name)
-
-
-def _subsystem(text: str) -> str:
-    try:
-        return SubsystemKeys(text).subsystem
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def actor() -> str:
@@ -149,6 +144,19 @@ def dead_letters(client: redis.Redis, keys: SubsystemKeys, out: TextIO) -> Itera
             yield Found(part, entry_id, record, state, stored.letter)
 
 
+def open_count(client: redis.Redis, part: PartitionKeys) -> int:
+    """How many dead letters of one partition are open: neither retried nor archived."""
+    marks = part.handling_status(DEAD, OPERATOR)
+    records = [raw.get(b"id", b"") for _, raw in stream_entries(client, part.stream(DEAD))]
+    if not records:
+        return 0
+    marked = 0
+    for start in range(0, len(records), PAGE):
+        chunk = records[start : start + PAGE]
+        marked += sum(1 for m in client.hmget(marks, chunk) if m is not None)
+    return len(records) - marked
+
+
 def _row(found: Found, with_traceback: bool) -> dict[str, Any]:
     letter = found.letter
     row: dict[str, Any] = {
@@ -172,7 +180,7 @@ def _row(found: Found, with_traceback: bool) -> dict[str, Any]:
 def dead_list_command(args: argparse.Namespace, out: TextIO) -> int:
     """``dead-letters list``: each (open) dead letter with why, how often, and the original."""
     client = connect(args)
-    keys = SubsystemKeys(args.subsystem, partitions(client, args.subsystem, DEAD, args.partitions))
+    keys = existing(client, args.subsystem, DEAD, args.partitions)
     rows = [
         _row(found, args.traceback)
         for found in dead_letters(client, keys, out)
@@ -263,20 +271,42 @@ def act_on_dead_letter(client: redis.Redis, found: Found, act: str) -> str:
     return f"retried {found.id} into {where}" + (f" for {concern}" if concern else "")
 
 
+def chosen_letters(found: list[Found], ids: list[str], every_open: bool) -> list[Found]:
+    """The dead letters to act on: per named id its open letter(s), or every open one.
+
+    One message can have several dead letters: retried, it may fail again and get a new,
+    open one under the same id. The open ones are the ones to act on; an id with none open
+    says what became of its last one (CommandError), and an unknown id says so.
+    """
+    if every_open:
+        return [f for f in found if f.state == "open"]
+    chosen: list[Found] = []
+    for ident in dict.fromkeys(ids):
+        same = [f for f in found if f.id == ident]
+        if not same:
+            continue
+        open_ones = [f for f in same if f.state == "open"]
+        if not open_ones:
+            raise CommandError(
+                f"dead letter {ident} is already {same[-1].state}; see 'dead-letters list "
+                "--all'"
+            )
+        chosen += open_ones
+    missing = [i for i in dict.fromkeys(ids) if not any(f.id == i for f in found)]
+    if missing:
+        raise CommandError(f"no dead letter {missing} in this subsystem; see 'list'")
+    return chosen
+
+
 def dead_act_command(args: argparse.Namespace, out: TextIO) -> int:
     """``dead-letters retry|archive``: act on the named (or all open) dead letters."""
     if not args.ids and not args.all:
         raise CommandError("name the dead letters to act on (ids from 'list'), or pass --all")
     client = connect(args)
-    keys = SubsystemKeys(args.subsystem, partitions(client, args.subsystem, DEAD, args.partitions))
-    chosen = [
-        f for f in dead_letters(client, keys, out)
-        if (f.id in args.ids) or (args.all and f.state == "open")
-    ]  # fmt: skip
-    missing = set(args.ids) - {f.id for f in chosen}
-    if missing:
-        raise CommandError(f"no dead letter {sorted(missing)} in {args.subsystem}; see 'list'")
+    keys = existing(client, args.subsystem, DEAD, args.partitions)
+    chosen = chosen_letters(list(dead_letters(client, keys, out)), args.ids, args.all)
     for found in chosen:
         out.write(act_on_dead_letter(client, found, args.act) + "\n")
-    out.write(f"{len(chosen)} dead letter(s) {args.act}{'d' if args.act == 'archive' else 'ied'}\n")
+    done = "archived" if args.act == "archive" else "retried"
+    out.write(f"{len(chosen)} dead letter(s) {done}\n")
     return 0

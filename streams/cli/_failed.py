@@ -18,7 +18,7 @@ from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
     emit,
-    partitions,
+    existing,
     stream_entries,
     stream_ref,
 )
@@ -128,7 +128,7 @@ def failed_command(args: argparse.Namespace, out: TextIO) -> int:
     """``failed list|retry|archive``: Failed records of a stream for a concern."""
     client = connect(args)
     subsystem, kind = args.stream
-    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    keys = existing(client, subsystem, kind, args.partitions)
     records = failed_records(client, keys, kind, args.concern, out)
     where = f"for {args.concern} on {subsystem}/{kind}"
     if args.act == "list":

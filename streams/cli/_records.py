@@ -21,6 +21,7 @@ from streamcqrs.streams.cli._common import (
     connect_async,
     describe,
     emit,
+    existing,
     iso,
     moment,
     part_for,
@@ -28,6 +29,7 @@ from streamcqrs.streams.cli._common import (
     sort_key,
     stream_entries,
     stream_ref,
+    with_data,
 )
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import Entry, as_str, entries, parse, script_entry
@@ -166,7 +168,12 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
     """``tail``: the newest records, then (``--follow``) new ones until Ctrl-C."""
     client = connect(args)
     subsystem, kind = args.stream
-    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    if args.follow and args.partitions is None and not with_data(client, subsystem):
+        sys.stderr.write(f"no streams of {subsystem} yet; waiting for its first record\n")
+    if args.follow:
+        keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    else:
+        keys = existing(client, subsystem, kind, args.partitions)
     # Fix where the backlog ends before reading it: following starts exactly there, so a
     # record written meanwhile is printed once, by the follow loop.
     ends = {p.stream(kind): _last_id(client, p.stream(kind)) or "0-0" for p in keys.all()}
@@ -309,7 +316,7 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
     """``show``: one record, and what each concern did with it."""
     client = connect(args)
     subsystem, kind = args.stream
-    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    keys = existing(client, subsystem, kind, args.partitions)
     found = find(client, keys, kind, args.id, args.by, partition=args.partition)
     if found is None:
         raise CommandError(
@@ -349,7 +356,7 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
     client = connect(args)
     subsystem, kind = args.stream
     target_sub, target_kind = args.to
-    keys = SubsystemKeys(subsystem, partitions(client, subsystem, kind, args.partitions))
+    keys = existing(client, subsystem, kind, args.partitions)
     detected = partitions(client, target_sub, target_kind, args.to_partitions)
     if args.to_partitions is None and target_sub == subsystem:
         detected = max(detected, keys.partitions)

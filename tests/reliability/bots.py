@@ -1,6 +1,6 @@
 """Bot processes a reliability test can SIGKILL and restart, and the checks it runs after.
 
-Each bot is ``python -m bots run`` in its own session, so a kill takes the supervisor and
+Each bot is ``streamcqrs run`` in its own session, so a kill takes the supervisor and
 its worker down together, the way a machine or container dies.
 """
 
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class BotProcess:
-    """One ``python -m bots run APP`` process group, started, killed and restarted at will."""
+    """One ``streamcqrs run APP`` process group, started, killed and restarted at will."""
 
     def __init__(self, app: str, url: str, *args: str, log: Path | None = None) -> None:
         self.command = [
-            sys.executable, "-m", "streamcqrs.bots", "run", app, "--url", url,
+            sys.executable, "-m", "streamcqrs", "run", app, "--url", url,
             "--log-level", "warning",
             *args,
         ]  # fmt: skip
