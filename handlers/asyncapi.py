@@ -33,21 +33,17 @@ out, its ``oneOf`` of tagged variants telling them apart by itself.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import inspect
 import json
-import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
 
-from streamcqrs.domain.errors import ConfigurationError, StreamCQRSError
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import MessageType, registry
 from streamcqrs.handlers.registry import App, HandlerSpec
@@ -498,88 +494,4 @@ def _server(url: str) -> JsonObject:
     return server
 
 
-# -- the command ---------------------------------------------------------------------------
-
-
-def add_parser(commands: Any) -> argparse.ArgumentParser:
-    """Register ``asyncapi`` on a CLI's subcommands; it runs ``command(args, out)``."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "asyncapi",
-        help="print an app's AsyncAPI 3.0.0 document (channels, messages, operations)",
-        description="Write the AsyncAPI 3.0.0 document of MODULE:APP, made from its handler "
-        "declarations (no server is contacted): its streams as channels, its message models' "
-        "JSON schemas, its handlers as operations.",
-    )
-    parser.add_argument(
-        "app", metavar="MODULE:APP",
-        help="the handlers.App, e.g. examples.notification.app:app (the current directory "
-        "is on the import path)",
-    )  # fmt: skip
-    parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--title", help="the document's title (default: the app's name)")
-    parser.add_argument(
-        "--api-version", default="0.1.0", help="the API version it states (default: %(default)s)"
-    )
-    parser.add_argument("--server", metavar="URL", help="add this server (credentials dropped)")
-    parser.add_argument("--yaml", action="store_true", help="YAML instead of JSON (needs PyYAML)")
-    parser.set_defaults(func=command)
-    return parser
-
-
-def command(args: argparse.Namespace, out: TextIO) -> int:
-    """Write the document the parsed command line asks for; return the exit status."""
-    document = asyncapi_document(
-        load_app(args.app), title=args.title, version=args.api_version, server_url=args.server
-    )
-    if args.yaml:
-        try:
-            yaml: Any = importlib.import_module("yaml")
-        except ImportError:
-            raise ConfigurationError(
-                "--yaml needs PyYAML: pip install pyyaml, or drop --yaml"
-            ) from None
-        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-    else:
-        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as file:
-            file.write(text)
-    else:
-        out.write(text)
-    return 0
-
-
-def load_app(spec: str) -> App:
-    """The App ``MODULE:ATTRIBUTE`` names, imported with the current directory on the path."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"{spec!r} is not MODULE:APP, e.g. myapp.bots:app")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
-    except AttributeError:
-        raise ConfigurationError(f"module {module_name!r} has no {attribute!r}") from None
-    if not isinstance(found, App):
-        raise ConfigurationError(f"{spec} is a {type(found).__name__}, not a handlers.App")
-    return found
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """``python -m streamcqrs.handlers.asyncapi MODULE:APP``: print the app's document."""
-    parser = argparse.ArgumentParser(prog="python -m streamcqrs.handlers.asyncapi")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["asyncapi", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return command(args, out or sys.stdout)
-    except StreamCQRSError as exc:
-        print(f"asyncapi: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-__all__ = ["Draft7Schema", "add_parser", "asyncapi_document", "command", "load_app", "main"]
+__all__ = ["Draft7Schema", "asyncapi_document"]

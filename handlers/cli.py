@@ -1,16 +1,21 @@
-"""``acl``: the least-privilege Redis users of an app, as ``ACL SETUSER`` lines.
+"""The commands that read an app's handler declarations: ``acl`` (its least-privilege Redis
+users, as ``ACL SETUSER`` lines) and ``asyncapi`` (its AsyncAPI 3.0.0 document).
 
-It lives with the handlers because it reads their declarations (``handlers.acl.roles``);
-the ``streamcqrs`` command puts it beside the operator and bot commands.
+They live with the handlers because they read the declarations; the ``streamcqrs`` command
+puts them beside the operator and bot commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
 from typing import Any, TextIO
 
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.handlers.acl import roles
+from streamcqrs.handlers.asyncapi import asyncapi_document
 from streamcqrs.handlers.registry import App
 from streamcqrs.streams import acl
 from streamcqrs.streams.cli import add_connection_options, connect
@@ -49,6 +54,7 @@ def add_parsers(commands: Any) -> None:
         help="also create the users on the server at --url (needs an admin login)",
     )  # fmt: skip
     parser.set_defaults(func=acl_command)
+    _add_asyncapi(commands)
 
 
 def acl_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -71,4 +77,53 @@ def acl_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-__all__ = ["acl_command", "add_parsers"]
+
+
+def _add_asyncapi(commands: Any) -> None:
+    """Register ``asyncapi``: an app's AsyncAPI 3.0.0 document."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "asyncapi",
+        help="print an app's AsyncAPI 3.0.0 document (channels, messages, operations)",
+        description="Write the AsyncAPI 3.0.0 document of MODULE:APP, made from its handler "
+        "declarations (no server is contacted): its streams as channels, its message models' "
+        "JSON schemas, its handlers as operations.",
+    )
+    parser.add_argument(
+        "app", metavar="MODULE:APP",
+        help="the handlers.App, e.g. examples.notification.app:app (the current directory "
+        "is on the import path)",
+    )  # fmt: skip
+    parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--title", help="the document's title (default: the app's name)")
+    parser.add_argument(
+        "--api-version", default="0.1.0", help="the API version it states (default: %(default)s)"
+    )
+    parser.add_argument("--server", metavar="URL", help="add this server (credentials dropped)")
+    parser.add_argument("--yaml", action="store_true", help="YAML instead of JSON (needs PyYAML)")
+    parser.set_defaults(func=asyncapi_command)
+
+
+def asyncapi_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``asyncapi``: write the document the command line asks for."""
+    document = asyncapi_document(
+        App.load(args.app), title=args.title, version=args.api_version, server_url=args.server
+    )
+    if args.yaml:
+        try:
+            yaml: Any = importlib.import_module("yaml")
+        except ImportError:
+            raise ConfigurationError(
+                "--yaml needs PyYAML: pip install pyyaml, or drop --yaml"
+            ) from None
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+    else:
+        out.write(text)
+    return 0
+
+
+__all__ = ["acl_command", "add_parsers", "asyncapi_command"]

@@ -27,10 +27,11 @@ from referencing.jsonschema import DRAFT7
 
 from examples.notification import messages as m
 from examples.notification.app import app as notification_app
+from streamcqrs.__main__ import main as streamcqrs
 from streamcqrs.domain import Event, Message, Operation, TypeRegistry, message
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.handlers import App, Context
-from streamcqrs.handlers.asyncapi import asyncapi_document, main
+from streamcqrs.handlers.asyncapi import asyncapi_document
 from streamcqrs.streams.envelope import encode
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 
@@ -459,16 +460,18 @@ class TestCommand:
     def test_it_writes_json_to_stdout_or_a_file(self, document: Doc, tmp_path: Path) -> None:
         """Stdout and --output FILE both carry the same document as the function."""
         out = io.StringIO()
-        assert 0 == main([self.APP], out=out)
+        assert 0 == streamcqrs(["asyncapi", self.APP], out=out)
         assert document == json.loads(out.getvalue())
         target = tmp_path / "asyncapi.json"
-        assert 0 == main([self.APP, "--output", str(target)])
+        assert 0 == streamcqrs(["asyncapi", self.APP, "--output", str(target)])
         assert document == json.loads(target.read_text())
 
     def test_it_writes_yaml_without_anchors(self, document: Doc) -> None:
         """--yaml gives the same document, with no YAML anchors for other tools to trip on."""
         out = io.StringIO()
-        assert 0 == main([self.APP, "--yaml", "--title", "Notes", "--api-version", "2.0.0"], out)
+        assert 0 == streamcqrs(
+            ["asyncapi", self.APP, "--yaml", "--title", "Notes", "--api-version", "2.0.0"], out
+        )
         assert "&id" not in out.getvalue()
         loaded = yaml.safe_load(out.getvalue())
         assert ("Notes", "2.0.0") == (loaded["info"]["title"], loaded["info"]["version"])
@@ -477,17 +480,17 @@ class TestCommand:
     @pytest.mark.parametrize(
         ("spec", "said"),
         [
-            ("examples.notification.app:nope", "has no 'nope'"),
-            ("examples.notification.messages:SendEmail", "not a handlers.App"),
-            ("examples.nowhere:app", "cannot import 'examples.nowhere'"),
-            ("examples.notification.app", "is not MODULE:APP"),
+            ("examples.notification.app:nope", "has no attribute 'nope'"),
+            ("examples.notification.messages:SendEmail", "not a streamcqrs App"),
+            ("examples.nowhere:app", "no module 'examples.nowhere'"),
+            ("examples.notification.app", "must be written MODULE:APP"),
         ],
     )
     def test_a_wrong_app_exits_2_saying_what_to_fix(
         self, spec: str, said: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """The exit status is 2 and stderr says what was wrong."""
-        assert 2 == main([spec], out=io.StringIO())
+        assert 2 == streamcqrs(["asyncapi", spec], out=io.StringIO())
         assert said in capsys.readouterr().err
 
     def test_a_server_is_described_without_its_credentials(self) -> None:
