@@ -80,7 +80,7 @@ class Bot:
         self.client = fast_packing(client or settings.async_client())
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
-        self.sources = sources(app, config.only)
+        self.sources = [s.for_process(self.consumer) for s in sources(app, config.only)]
         # Every handler in flight may hold a connection (loads, reads), and so does each
         # source's blocked XREADGROUP: a pool smaller than that fails with "Too many
         # connections" under load instead of waiting its turn.
@@ -148,6 +148,7 @@ class Bot:
             self.stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
             await self._drain()
+            await self._remove_broadcast_groups()
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.committer.close()
             await committer
@@ -172,6 +173,16 @@ class Bot:
                 self.log.warning("released unfinished entries", source=str(source), ids=released)
             except (*NETWORK_ERRORS, ResponseError) as exc:
                 self.log.warning("could not release entries", source=str(source), error=str(exc))
+
+    async def _remove_broadcast_groups(self) -> None:
+        """A broadcast group is this process's alone: it goes when the process stops."""
+        for source in self.sources:
+            if source.broadcast:
+                try:
+                    await recovery.remove_group(self.client, source)
+                except (*NETWORK_ERRORS, ResponseError) as exc:
+                    self.log.warning("could not remove broadcast group", source=str(source),
+                                     error=str(exc))  # fmt: skip
 
     async def _keep_running(
         self, name: str, loop: Callable[..., Awaitable[None]], *args: Any
@@ -199,7 +210,11 @@ class Bot:
         while not self.stopping.is_set():
             try:
                 if await recovery.ensure_group(self.client, source):
-                    self.log.info("created consumer group", source=str(source))
+                    where = {"0": "the beginning", "$": "now"}.get(
+                        source.start_from, f"after {source.start_from}"
+                    )
+                    self.log.info("created consumer group", source=str(source), starts=where,
+                                  broadcast=source.broadcast)  # fmt: skip
                 return
             except (*NETWORK_ERRORS, ResponseError) as exc:
                 problem = config_problem(exc, self.config.url or "")
@@ -309,7 +324,7 @@ class Bot:
         concern (the same message put twice), or disabled, is acked without running its
         handler again.
         """
-        if not deliveries:
+        if not deliveries or source.broadcast:
             return False
         part, kind = source.part, source.ref.kind
         records = [d.message_id for d in deliveries]
@@ -518,11 +533,15 @@ class Bot:
                     await self._take_over(source)
                 if time.monotonic() - last_tidy > min(60.0, self.config.dead_consumer_after):
                     last_tidy = time.monotonic()
+                    idle_ms = int(self.config.dead_consumer_after * 1000)
                     for source in self.sources:
                         await recovery.remove_dead_consumers(
-                            self.client, source, self.consumer,
-                            int(self.config.dead_consumer_after * 1000),
-                        )  # fmt: skip
+                            self.client, source, self.consumer, idle_ms
+                        )
+                        if source.broadcast:
+                            await recovery.remove_gone_broadcast_groups(
+                                self.client, source, idle_ms
+                            )
             except ResponseError as exc:
                 if not recovery.is_nogroup(exc):
                     self.log.error("recovery failed", error=str(exc))

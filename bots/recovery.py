@@ -39,9 +39,10 @@ def is_nogroup(exc: BaseException) -> bool:
 
 
 async def ensure_group(client: redis.asyncio.Redis, source: Source) -> bool:
-    """Create the source's consumer group (and stream) from id 0; True if it was created."""
+    """Create the source's consumer group (and stream) where its handlers start (``"0"``: the
+    beginning, ``"$"``: now, or after an id); True if it was created."""
     try:
-        await client.xgroup_create(source.key, source.group, id="0", mkstream=True)
+        await client.xgroup_create(source.key, source.group, id=source.start_from, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" in str(exc):
             return False
@@ -120,6 +121,32 @@ async def release(
     return await keep(client, source, consumer, entry_ids, idle_ms=RELEASED_IDLE_MS)
 
 
+async def remove_group(client: redis.asyncio.Redis, source: Source) -> None:
+    """Destroy the source's consumer group (a broadcast group, when its process stops)."""
+    await client.xgroup_destroy(source.key, source.group)
+
+
+async def remove_gone_broadcast_groups(
+    client: redis.asyncio.Redis, source: Source, idle_ms: int
+) -> list[str]:
+    """Destroy the broadcast groups of ``source``'s concern whose processes are gone.
+
+    A broadcast group is ``concern.<consumer>``; its process's consumer is idle (a live bot
+    reads every block period) for ``idle_ms`` or it has none left.
+    """
+    prefix = f"{source.concern}."
+    removed: list[str] = []
+    for info in await client.xinfo_groups(source.key):
+        name = as_str(info["name"])
+        if not name.startswith(prefix) or name == source.group:
+            continue
+        consumers = await client.xinfo_consumers(source.key, name)
+        if all(int(c.get("idle", 0) or 0) >= idle_ms for c in consumers):
+            await client.xgroup_destroy(source.key, name)
+            removed.append(name)
+    return removed
+
+
 async def remove_dead_consumers(
     client: redis.asyncio.Redis, source: Source, me: str, idle_ms: int
 ) -> list[str]:
@@ -144,5 +171,7 @@ __all__ = [
     "keep",
     "release",
     "remove_dead_consumers",
+    "remove_gone_broadcast_groups",
+    "remove_group",
     "take_over",
 ]

@@ -16,7 +16,7 @@ DEAD       bad input (undecodable, unknown type, invalid payload), or an operati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from streamcqrs.domain.messages import Message
@@ -83,18 +83,26 @@ class Source:
     types: TypeRegistry
     others: frozenset[type[Message]] = frozenset()
     """Types other concerns of the app handle on this stream, or the app ignores there."""
+    start_from: str = "0"
+    """The stream id its consumer group starts after when it is created."""
+    broadcast: bool = False
+    """A group per bot process (``for_process``); no handling status is kept."""
+    group: str = ""
+    """The consumer group: the concern, or for broadcast ``concern.<consumer>``."""
     key: str = field(init=False)
     name: str = field(init=False)
     """``stream-key/concern``: unique per consumer group, for logs and bookkeeping."""
 
     def __post_init__(self) -> None:
         self.key = self.part.stream(self.ref.kind)
-        self.name = f"{self.key}/{self.concern}"
+        self.group = self.group or self.concern
+        self.name = f"{self.key}/{self.group}"
 
-    @property
-    def group(self) -> str:
-        """The consumer group's name: the concern."""
-        return self.concern
+    def for_process(self, consumer: str) -> Source:
+        """This source as one bot process runs it: a broadcast source gets its own group."""
+        if not self.broadcast:
+            return self
+        return replace(self, group=f"{self.concern}.{consumer}")
 
     def __str__(self) -> str:
         return self.name
@@ -107,13 +115,13 @@ class Source:
         try:
             envelope = parse(self.key, entry_id, raw)
         except DecodeError as exc:
-            inp = Input(self.part, kind, self.concern, consumer, entry_id, entry_id, raw)
+            inp = Input(self.part, kind, self.group, consumer, entry_id, entry_id, raw)
             return Delivery(self, inp, Verdict.DEAD, error=exc)
         inp = Input(
-            self.part, kind, self.concern, consumer, entry_id, envelope.message_id, raw, envelope
+            self.part, kind, self.group, consumer, entry_id, envelope.message_id, raw, envelope
         )
         only = raw.get(CONCERN_FIELD)
-        if only and only.decode(errors="replace") != self.concern:
+        if only and only.decode(errors="replace") != self.group:
             return Delivery(self, inp, Verdict.SKIP)
         try:
             cls = self.types.of_name(envelope.type).cls
@@ -156,7 +164,10 @@ def sources(app: App, only: tuple[str, ...] = ()) -> list[Source]:
         others |= app.ignored_on(ref)
         for part in keys.all():
             skipped = frozenset(others - set(by_class))
-            out.append(Source(ref, concern, part, keys, by_class, app.types, skipped))
+            first = specs[0]
+            source = Source(ref, concern, part, keys, by_class, app.types, skipped,
+                            first.start_from(), first.broadcast)  # fmt: skip
+            out.append(source)
     return out
 
 

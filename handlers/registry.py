@@ -15,9 +15,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
@@ -27,6 +28,10 @@ from streamcqrs.streams.keys import Kind, check_concern
 from streamcqrs.streams.subsystem import parse_stream
 
 F = TypeVar("F", bound=Callable[..., Any])
+Start = Literal["now", "beginning"] | datetime | None
+"""Where a new consumer group starts reading its stream."""
+FACT_KINDS = frozenset({Kind.EVENTS, Kind.VIEWS, Kind.SNAPSHOTS})
+"""Streams of facts: a concern added later starts at "now" unless it says otherwise."""
 HandlerFn = Callable[[Any, Any], Awaitable[None] | None]
 
 
@@ -64,10 +69,36 @@ class HandlerSpec:
     appends: frozenset[str] = frozenset()
     reads: frozenset[StreamRef] = frozenset()
     is_async: bool = True
+    start: Start = None
+    """Where a new consumer group starts (see ``App.handler``); None: by stream kind."""
+    broadcast: bool = False
+    """Every bot process gets every entry (a group per process), and no status is kept."""
 
     def may_write(self, target: StreamRef) -> bool:
         """True if the handler declared ``target`` among its outputs."""
         return target in self.writes
+
+    def start_from(self) -> str:
+        """The stream id a new consumer group of this handler starts after.
+
+        ``"beginning"``: every entry ever put; ``"now"``: only entries put from now on; a
+        datetime: entries put at or after it. The default is the beginning for operation
+        streams (a work queue: an operation put before any bot ran must still be handled)
+        and now for event, view and snapshot streams (facts many concerns pick from: a
+        concern added to a running system must not replay the side effects of its whole
+        history; a projection that wants the history declares ``start="beginning"``).
+        """
+        start = self.start
+        if start is None:
+            start = "now" if self.source.kind in FACT_KINDS or self.broadcast else "beginning"
+        if start == "beginning":
+            return "0"
+        if start == "now":
+            return "$"
+        if isinstance(start, datetime):
+            moment = int(start.timestamp() * 1000)
+            return f"{moment - 1}-18446744073709551615" if moment > 0 else "0"
+        raise HandlerError(f"start={start!r} must be 'now', 'beginning' or a datetime")
 
 
 @dataclass
@@ -114,13 +145,20 @@ class App:
         appends: Iterable[str] = (),
         reads: Iterable[str] = (),
         name: str | None = None,
+        start: Start = None,
+        broadcast: bool = False,
     ) -> Callable[[F], F]:
         """Register a function as the handler of ``message_types`` arriving on ``stream``.
 
         ``concern`` names the consumer group (default: the function's name); each concern
         handles every record of the stream once. ``writes`` lists ``"subsystem/kind"`` streams
         it puts into, ``appends`` the subsystems whose aggregates it changes, ``reads`` the
-        streams it may read.
+        streams it may read. ``start`` says where its consumer group starts when it is first
+        created: ``"beginning"``, ``"now"`` or a datetime (default: the beginning of an
+        operation stream, now on an event stream; see ``HandlerSpec.start_from``).
+        ``broadcast``: every bot process gets every entry (cache invalidation, replica
+        sync), through a group of its own that is removed when the process is gone; such a
+        handler keeps no handling status.
         """
         if not message_types:
             raise HandlerError("a handler must name at least one message type it handles")
@@ -139,7 +177,10 @@ class App:
                 appends=frozenset(appends),
                 reads=frozenset(StreamRef.parse(r) for r in reads),
                 is_async=inspect.iscoroutinefunction(fn),
+                start=start,
+                broadcast=broadcast,
             )
+            spec.start_from()  # a bad start fails here, not in the bot
             for known in self.handlers:
                 if (
                     known.source == spec.source
@@ -149,6 +190,13 @@ class App:
                     raise HandlerError(
                         f"{spec.name} and {known.name} both handle the same type on "
                         f"{source} for concern {spec.concern!r}; give one another concern"
+                    )
+                same_group = known.source == spec.source and known.concern == spec.concern
+                if same_group and (known.start, known.broadcast) != (start, broadcast):
+                    raise HandlerError(
+                        f"{spec.name} and {known.name} share the consumer group {spec.concern!r} "
+                        f"on {source} but not its start or broadcast; declare the same, or give "
+                        "one another concern"
                     )
             self.handlers.append(spec)
             return fn

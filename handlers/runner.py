@@ -223,7 +223,10 @@ class Runner:
     def _settle(
         self, commit: Commit, d: Delivery, action: Action, details: str, started_ms: int
     ) -> None:
-        """The input record's outcome, with when and how its attempt started."""
+        """The input record's outcome, with when and how its attempt started (a broadcast
+        concern keeps no status: each process has a group of its own)."""
+        if d.source.broadcast:
+            return
         commit.settle(action, details=details, actor=self.actor, started_ms=started_ms,
                       attempt=d.attempt, taken_over=d.taken_over)  # fmt: skip
 

@@ -8,6 +8,7 @@ Commands (``streamcqrs COMMAND --help`` for each):
 * ``replay SUBSYSTEM/KIND --since T --to SUBSYSTEM/KIND`` put records again
 * ``dead-letters list|retry|archive SUBSYSTEM`` entries a bot could not take
 * ``failed list|retry|archive SUBSYSTEM/KIND --concern C`` records whose handling failed
+* ``groups list|create|move SUBSYSTEM/KIND [GROUP] --from WHEN`` where consumer groups start
 * ``server`` a Valkey server in the foreground for development, printing its REDIS_URL
 
 The server is ``--url``, else ``$REDIS_URL`` (never a private server: it would be empty); an
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from streamcqrs.streams.cli import _deadletters, _failed, _records, _server
+from streamcqrs.streams.cli import _deadletters, _failed, _groups, _records, _server
 from streamcqrs.streams.cli._common import (
     CommandError,
     add_connection_options,
@@ -51,6 +52,7 @@ def add_parsers(commands: Any) -> None:
     _records.add_parsers(commands, [connection, reading])
     _deadletters.add_parsers(commands, [connection, reading])
     _failed.add_parsers(commands, [connection, reading])
+    _groups.add_parsers(commands, [connection, reading])
 
 
 __all__ = [
