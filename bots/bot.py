@@ -81,6 +81,10 @@ class Bot:
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
         self.sources = [s.for_process(self.consumer) for s in sources(app, config.only)]
+        # Every group of the app is made when any of its bots first starts, even by a bot
+        # running --only other subsystems: a concern starting "now" then starts with the
+        # app, not with whichever of its processes happened to start last.
+        self._groups = [s for s in sources(app) if not s.broadcast]
         # Every handler in flight may hold a connection (loads, reads), and so does each
         # source's blocked XREADGROUP: a pool smaller than that fails with "Too many
         # connections" under load instead of waiting its turn.
@@ -130,7 +134,7 @@ class Bot:
         """Consume until ``stop``; then finish (or release) in-flight work and return."""
         if not self.sources:
             self.log.warning("no handlers to run", only=list(self.config.only))
-        for source in self.sources:
+        for source in [*self.sources, *self._groups]:
             await self._ensure_group(source)
         self.log.info("started", sources=[str(s) for s in self.sources])
         committer = asyncio.create_task(self.committer.run())

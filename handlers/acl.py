@@ -77,10 +77,11 @@ def api(app: App, kinds: Iterable[Kind] = API_KINDS) -> acl.Role:
     return acl.role(f"{app.name}-api", parts, f"APIs over app {app.name!r}: read {names} only")
 
 
-def roles(app: App) -> acl.Roles:
-    """Every user of ``app``: one client per handled client-operation stream, a bot, an API."""
+def roles(app: App, api_kinds: Iterable[Kind] = API_KINDS) -> acl.Roles:
+    """Every user of ``app``: one client per handled client-operation stream, a bot, an API
+    (reading ``api_kinds``)."""
     clients = [client(app, s) for s in client_subsystems(app)]
-    return acl.Roles((*clients, bot(app), api(app)))
+    return acl.Roles((*clients, bot(app), api(app, api_kinds)))
 
 
 __all__ = ["API_KINDS", "api", "bot", "client", "client_subsystems", "roles"]

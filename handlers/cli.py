@@ -14,11 +14,12 @@ import sys
 from typing import Any, TextIO
 
 from streamcqrs.domain.errors import ConfigurationError
-from streamcqrs.handlers.acl import roles
+from streamcqrs.handlers.acl import API_KINDS, roles
 from streamcqrs.handlers.asyncapi import asyncapi_document
 from streamcqrs.handlers.registry import App
 from streamcqrs.streams import acl
 from streamcqrs.streams.cli import add_connection_options, connect
+from streamcqrs.streams.keys import Kind
 
 
 def add_parsers(commands: Any) -> None:
@@ -50,6 +51,10 @@ def add_parsers(commands: Any) -> None:
         help="print users without a password (they cannot log in until you set one)",
     )  # fmt: skip
     parser.add_argument(
+        "--api-snapshots", action="store_true",
+        help="let the API user read snapshots too (typed aggregate state: Subsystem.snapshot)",
+    )  # fmt: skip
+    parser.add_argument(
         "--apply", action="store_true",
         help="also create the users on the server at --url (needs an admin login)",
     )  # fmt: skip
@@ -59,7 +64,8 @@ def add_parsers(commands: Any) -> None:
 
 def acl_command(args: argparse.Namespace, out: TextIO) -> int:
     """``acl``: print each user's ACL SETUSER line; with ``--apply`` create them too."""
-    found = roles(App.load(args.app))
+    kinds = (*API_KINDS, Kind.SNAPSHOTS) if args.api_snapshots else API_KINDS
+    found = roles(App.load(args.app), kinds)
     passwords: dict[str, str | None] = {}
     for role in found.roles:
         if args.no_password:

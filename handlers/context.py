@@ -23,10 +23,10 @@ from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import HandlerSpec, StreamRef
 from streamcqrs.streams import now_ms, to_ms
-from streamcqrs.streams.aggregates import AggregateStore
+from streamcqrs.streams.aggregates import AggregateStore, snapshot_envelope
 from streamcqrs.streams.commit import Commit, OnExisting
 from streamcqrs.streams.envelope import Envelope, as_tags, encode, encode_view
-from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.stream import ReadOnlyStream
 
 A = TypeVar("A", bound=Aggregate)
@@ -65,7 +65,22 @@ class AppendOutput:
         commit.append(self.keys, self.aggregate_id, self.envelopes, self.expected_version)
 
 
-Output = PutOutput | AppendOutput
+@dataclass(slots=True)
+class SnapshotOutput:
+    """An aggregate's state to store as a snapshot, if it is still at ``version``."""
+
+    target: StreamRef
+    keys: SubsystemKeys
+    envelope: Envelope
+    version: int
+    keep: int = 1
+
+    def fill(self, commit: Commit) -> None:
+        """Add this output to ``commit``."""
+        commit.snapshot(self.keys, self.envelope, self.version, self.keep)
+
+
+Output = PutOutput | AppendOutput | SnapshotOutput
 
 
 class Context:
@@ -270,10 +285,26 @@ class Context:
             PutOutput(ref, self.keys(ref.subsystem), envelope, OnExisting.for_view(keep), keep)
         )
 
+    def snapshot(
+        self, aggregate: Aggregate, *, keep: int = 1, subsystem: str | None = None
+    ) -> None:
+        """Store ``aggregate`` as a snapshot in the same commit as the handler's other outputs.
+
+        Taken at the version the aggregate has now (with the events this handler appended);
+        the commit stores it only if the aggregate is still at that version when it applies,
+        and nothing of it is visible if the commit fails. Declare ``writes=["<sub>/snapshots"]``.
+        """
+        sub, _ = self._loaded.get(id(aggregate), (subsystem or self.spec.source.subsystem, 0))
+        ref = StreamRef(sub, Kind.SNAPSHOTS)
+        self._check_write(ref)
+        envelope = snapshot_envelope(aggregate)
+        output = SnapshotOutput(ref, self.keys(sub), envelope, aggregate.version, keep)
+        self.outputs.append(output)
+
     def fill(self, commit: Commit) -> None:
         """Add every buffered output to ``commit`` (the runner adds the input's outcome)."""
         for output in self.outputs:
             output.fill(commit)
 
 
-__all__ = ["AppendOutput", "Context", "Output", "PutOutput"]
+__all__ = ["AppendOutput", "Context", "Output", "PutOutput", "SnapshotOutput"]

@@ -86,7 +86,9 @@ class HandlerSpec:
         streams (a work queue: an operation put before any bot ran must still be handled)
         and now for event, view and snapshot streams (facts many concerns pick from: a
         concern added to a running system must not replay the side effects of its whole
-        history; a projection that wants the history declares ``start="beginning"``).
+        history; a projection that wants the history declares ``start="beginning"``). A bot
+        makes every group of its app when it starts, so "now" is when the app's first bot
+        started, whichever subsystems each process runs.
         """
         start = self.start
         if start is None:

@@ -230,6 +230,11 @@ class AggregateStore(Generic[A]):
             state.version = record.envelope.seq or state.version + 1
         return state
 
+    async def latest_snapshot(self, aggregate_id: str) -> A | None:
+        """The aggregate's latest snapshot (its state and version), or None; the state as a
+        snapshot holds it, without the events since (``load`` adds those)."""
+        return await self._snapshot(aggregate_id)
+
     async def _snapshot(self, aggregate_id: str) -> A | None:
         part = self.keys.for_object(aggregate_id)
         key = part.stream(Kind.SNAPSHOTS)

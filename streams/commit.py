@@ -276,16 +276,28 @@ class Commit:
             sub.put_at(part, kind, envelope, on_existing=on_existing, keep=keep, maxlen=maxlen,
                        extra=extra)  # fmt: skip
             return self._to_outbox(sub, envelope.message_id)
+        return self._op(*self._put_words(part, kind, envelope, on_existing, keep, maxlen, extra))
+
+    def _put_words(  # noqa: PLR0917 - put_at's operands, in its order
+        self,
+        part: PartitionKeys,
+        kind: Kind,
+        envelope: Envelope,
+        on_existing: OnExisting,
+        keep: int,
+        maxlen: int,
+        extra: Sequence[bytes | str | int],
+    ) -> list[Any]:
         obj = envelope.object_id
         prune = on_existing is OnExisting.PRUNE and obj
         byid = self._key(part.by_object(kind, obj)) if prune else 0
         values = envelope.values()
-        return self._op(
+        return [
             "PUT", self._key(part.stream(kind)), self._key(part.index(kind)), byid,
             len(envelope.tags), *(self._key(part.tag_index(kind, n, v)) for n, v in envelope.tags),
             on_existing.value, keep, obj, maxlen, *self._recent(part, kind),
             len(values), *values, len(extra), *extra,
-        )  # fmt: skip
+        ]  # fmt: skip
 
     def append(
         self,
@@ -319,6 +331,16 @@ class Commit:
                 *values,
             ]
         return self._op(*words)
+
+    def snapshot(self, keys: SubsystemKeys, envelope: Envelope, version: int, keep: int = 1) -> int:
+        """Store a snapshot (``aggregates.snapshot_envelope``) of an aggregate at ``version``,
+        keeping the newest ``keep`` per aggregate, if the aggregate is still at that version
+        when the commit applies (after its own appends); a state that moved on is skipped.
+        """
+        part = keys.for_object(envelope.object_id)
+        words = self._put_words(part, Kind.SNAPSHOTS, envelope, OnExisting.PRUNE, keep, 0, ())
+        return self._op("SNAPSHOT", self._key(part.aggregate(envelope.object_id)), version,
+                        *words[1:])  # fmt: skip
 
     def delay(self, zset: str, due_ms: int, member: bytes) -> int:
         """Schedule ``member`` (a packed ``Delayed``) into a delayed set at ``due_ms``."""

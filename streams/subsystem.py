@@ -103,6 +103,14 @@ class Subsystem:
         """Load and append to aggregates of ``cls`` in this subsystem."""
         return AggregateStore(self.keys, cls, self.client, types=self.types)
 
+    async def snapshot(self, cls: type[A], aggregate_id: str | int) -> A | None:
+        """The latest snapshot of aggregate ``aggregate_id`` as a ``cls``, or None.
+
+        Reads the snapshots stream only (an API user may, with ``streamcqrs acl
+        --api-snapshots``): the state at the snapshot's version, typed.
+        """
+        return await self.aggregates(cls).latest_snapshot(str(aggregate_id))
+
     async def trim(
         self,
         kind: KindName,

@@ -13,7 +13,8 @@ import redis.asyncio
 
 from streamcqrs.domain import Aggregate, Event, TypeRegistry, message
 from streamcqrs.domain.errors import ConcurrencyConflict
-from streamcqrs.streams import Kind, Subsystem
+from streamcqrs.streams import Commit, Kind, OnExisting, Subsystem
+from streamcqrs.streams.aggregates import snapshot_envelope
 from streamcqrs.streams.errors import DuplicateRecord
 from tests.messages import Account, Deposited, Opened
 from tests.support import Backend, Run
@@ -322,5 +323,89 @@ def test_an_upcaster_lifts_a_stored_v1_event_on_load(backend: Backend, run: Run[
             r.message for r in stored
         ]
         assert (2, 350) == (loaded.version, loaded.cents)
+
+    run(scenario())
+
+
+def test_loads_at_every_version_equal_folding_the_first_events_whatever_snapshots_exist(
+    backend: Backend, run: Run[None]
+) -> None:
+    """For k = 0..6, load(at_version=k) equals folding the first k events, with no snapshot,
+    and with the latest snapshot before, at, or after k (a later one is not used)."""
+    sub = backend.subsystem("bank")
+    store = sub.aggregates(Account)
+    events: list[Event] = [Opened(owner="ann"), *(Deposited(amount=n) for n in (1, 2, 4, 8, 16))]
+
+    async def scenario() -> None:
+        await store.append("acct-1", events, expected_version=0)
+        for snapshot_at in (None, 2, 4, 6):
+            if snapshot_at is not None:
+                state = Account(id="acct-1").fold(events[:snapshot_at])
+                # The store refuses a stale snapshot; write one at that version as a
+                # handler's commit would have when the aggregate stood there.
+                commit = Commit()
+                commit.put(sub.keys, Kind.SNAPSHOTS, snapshot_envelope(state),
+                           on_existing=OnExisting.PRUNE)  # fmt: skip
+                await commit.run(sub.client)
+            for k in range(len(events) + 1):
+                expected = Account(id="acct-1").fold(events[:k])
+                assert expected == await store.load("acct-1", at_version=k), (snapshot_at, k)
+
+    run(scenario())
+
+
+def test_a_load_at_a_time_takes_the_events_committed_by_then(
+    backend: Backend, run: Run[None]
+) -> None:
+    """Three appends a few ms apart: load(at_time=t) folds the events committed at or before t
+    (by their entry in the events stream), snapshot or not."""
+    sub = backend.subsystem("bank")
+    store = sub.aggregates(Account)
+
+    async def scenario() -> None:
+        moments = []
+        for n, event in enumerate([Opened(owner="ann"), Deposited(amount=10), Deposited(amount=5)]):
+            result = await store.append("acct-1", [event], expected_version=n)
+            moments.append(int(result.entry_ids[0].split("-")[0]))
+            await asyncio.sleep(0.005)
+        await store.snapshot(await store.load("acct-1"))
+        assert 0 == (await store.load("acct-1", at_time=moments[0] - 1)).version
+        for n, moment in enumerate(moments):
+            loaded = await store.load("acct-1", at_time=moment)
+            assert n + 1 == loaded.version
+            assert loaded == await store.load("acct-1", at_version=n + 1)
+
+    run(scenario())
+
+
+def test_a_snapshot_in_a_commit_that_fails_is_not_stored(backend: Backend, run: Run[None]) -> None:
+    """A commit appending at a stale version with a snapshot of the result is refused whole:
+    no event and no snapshot; the same commit at the right version stores both, and a
+    snapshot of a state the aggregate has moved past is skipped, not stored."""
+    sub = backend.subsystem("bank")
+    store = sub.aggregates(Account)
+
+    async def scenario() -> None:
+        await store.append("acct-1", [Opened(owner="ann")], expected_version=0)
+        account = await store.load("acct-1")
+        envelopes = store.envelopes("acct-1", [Deposited(amount=5)])
+        account.apply(Deposited(amount=5))
+        account.version = 2
+        stale = Commit()
+        stale.append(sub.keys, "acct-1", envelopes, 0)  # the aggregate is at 1
+        stale.snapshot(sub.keys, snapshot_envelope(account), account.version)
+        with pytest.raises(ConcurrencyConflict):
+            await stale.run(sub.client)
+        assert (1, None) == (await store.version("acct-1"), await sub.snapshot(Account, "acct-1"))
+        right = Commit()
+        right.append(sub.keys, "acct-1", envelopes, 1)
+        right.snapshot(sub.keys, snapshot_envelope(account), account.version)
+        await right.run(sub.client)
+        assert account == await sub.snapshot(Account, "acct-1")
+        behind = Commit()
+        behind.snapshot(sub.keys, snapshot_envelope(Account(id="acct-1", version=1)), 1)
+        assert [[None, 0]] == await behind.run(sub.client)  # skipped: nil entry, not written
+        latest = await sub.snapshot(Account, "acct-1")
+        assert latest is not None and 2 == latest.version
 
     run(scenario())

@@ -112,3 +112,48 @@ def test_the_notification_example_can_be_unit_tested(run: Run[Any]) -> None:
     ]
     assert 1 == len(emitted.put_into("slack/client-ops"))
     assert 1 == len(emitted.put_into("notification/sagas"))
+
+
+@message("test.Audit")
+class Audit(Operation):
+    """Deposit ``amount``, snapshot the account, then fail if ``fail``."""
+
+    amount: int
+    fail: bool = False
+
+
+@bank.handler(Audit, stream="bank/client-ops", concern="audit", appends=["bank"],
+              writes=["bank/snapshots"])  # fmt: skip
+async def audit(op: Audit, ctx: Context) -> None:
+    """Append, snapshot in the same commit; a failure after the snapshot commits nothing."""
+    account = await ctx.load(Account, ctx.object_id)
+    ctx.append(account, Deposited(amount=op.amount))
+    ctx.snapshot(account)
+    if op.fail:
+        raise RuntimeError("after the snapshot")
+
+
+def test_a_handler_snapshot_is_committed_with_its_events_or_not_at_all(run: Run[Any]) -> None:
+    """ctx.snapshot stores the state the handler left, in its commit: readable typed through
+    Subsystem.snapshot; a handler that raises after taking one leaves no snapshot."""
+    test = HandlerTest(bank)
+    run(test.send(OpenAccount(owner="ann"), object_id="a-7"))
+
+    run(test.send(Audit(amount=5), object_id="a-7"))
+    with pytest.raises(RuntimeError):
+        run(test.send(Audit(amount=50, fail=True), object_id="a-7"))
+
+    stored = run(test.subsystem("bank").snapshot(Account, "a-7"))
+    assert Account(id="a-7", owner="ann", balance=5, version=2) == stored
+
+
+def test_a_snapshot_needs_the_snapshots_stream_declared(run: Run[Any]) -> None:
+    """ctx.snapshot of a handler that did not declare writes to <sub>/snapshots is refused."""
+    sloppy = App("bank")
+
+    @sloppy.handler(Audit, stream="bank/client-ops", appends=["bank"])
+    async def audit(op: Audit, ctx: Context) -> None:
+        ctx.snapshot(await ctx.load(Account, ctx.object_id))
+
+    with pytest.raises(HandlerError, match="bank/snapshots"):
+        run(HandlerTest(sloppy).send(Audit(amount=1), object_id="a-1"))

@@ -95,6 +95,7 @@ app.handler(
     SagaCompleted,
     stream="notification/events",
     concern="views",
+    start="beginning",  # a projection: a new one builds its views from the whole history
     appends=["notification"],
     reads=[views.VIEWS],
     writes=[views.VIEWS, "notification/snapshots"],

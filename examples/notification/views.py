@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict
 from examples.notification import config
 from examples.notification.aggregates import Notification
 from examples.notification.saga import NotificationSaga, saga_id
-from streamcqrs.domain import Aggregate, Event
+from streamcqrs.domain import Event
 from streamcqrs.handlers import Context
-from streamcqrs.streams import AggregateStore, Subsystem
+from streamcqrs.streams import Subsystem
 
 VIEWS = "notification/views"
 VIEW_TYPE = "notification.NotificationView"
@@ -147,14 +147,7 @@ async def project(event: Event, ctx: Context) -> None:
     every = config.current().snapshot_every
     for aggregate in (notification, saga):
         if aggregate.version and aggregate.version % every == 0:
-            await _snapshot(ctx, aggregate)
-
-
-async def _snapshot(ctx: Context, aggregate: Aggregate) -> None:
-    # A snapshot is a cache: written beside the commit, not in it; a lost or repeated one
-    # only changes how many events the next load folds.
-    store = AggregateStore(ctx.keys("notification"), type(aggregate), ctx.client, types=ctx.types)
-    await store.snapshot(aggregate)
+            ctx.snapshot(aggregate)  # in the commit: stored only if it is still current
 
 
 async def rebuild_views(client: redis.asyncio.Redis, *, partitions: int = 1) -> int:

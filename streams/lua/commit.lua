@@ -40,6 +40,10 @@
 --          An append whose events are the aggregate's last ones (same message ids, the first
 --          item of each element) is a replay: nothing is written, the originals' entry ids
 --          are returned.
+--   SNAPSHOT agglist version, then a PUT's operands (without the opcode)
+--          the put (of a snapshot, into the snapshots stream) happens only if, when it is
+--          applied, the aggregate is still at version (after this commit's own appends); a
+--          state that moved on is not stored. Replies like PUT, {false, 0} when skipped.
 --   SETTLE hash record newstatus allowed entry
 --          a record's handling status for one concern: the hash field holds
 --          "<status>|<history entries, packed, oldest first>". Refused (STATUS) unless the
@@ -170,6 +174,8 @@ local function parse(code)
       ev.fields = envelope_fields(false)
       return ev
     end)
+  elseif code == 'SNAPSHOT' then
+    op.agg = key(); op.version = tonumber(nxt()); op.put = parse('PUT')
   elseif code == 'SETTLE' then
     op.hash = key(); op.record = nxt(); op.status = nxt(); op.allowed = nxt(); op.entry = nxt()
   elseif code == 'SWITCH' then
@@ -292,7 +298,8 @@ local function add(stream, index, tags, obj, fields, maxlen)
   return id
 end
 
-local function apply(op)
+local apply
+apply = function(op)
   local code = op.code
   if code == 'INPUT' then
     redis.call('XACK', op.stream, op.group, op.id)
@@ -333,6 +340,9 @@ local function apply(op)
     end
     if #elements > 0 then redis.call('RPUSH', op.agg, unpack(elements)) end
     return {version, ids, 1}
+  elseif code == 'SNAPSHOT' then
+    if aggregate_state(op.agg) ~= op.version then return {false, 0} end
+    return apply(op.put)
   elseif code == 'SETTLE' then
     if not (op.done or op.replay) then
       redis.call('HSET', op.hash, op.record, op.status .. '|' .. op.history .. op.entry)
