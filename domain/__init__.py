@@ -13,6 +13,7 @@ from streamcqrs.domain.errors import (
 )
 from streamcqrs.domain.ids import new_message_id
 from streamcqrs.domain.messages import Event, Message, Operation
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import MessageType, TypeRegistry, message, registry
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigurationError",
     "Event",
+    "ExecutionPolicy",
     "Message",
     "MessageType",
     "Operation",

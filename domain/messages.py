@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from streamcqrs.domain.policy import ExecutionPolicy
 
 
 class Message(BaseModel):
@@ -12,7 +17,13 @@ class Message(BaseModel):
 
 
 class Operation(Message):
-    """Work a subsystem is asked to do; put into an operation stream, handled by a bot."""
+    """Work a subsystem is asked to do; put into an operation stream, handled by a bot.
+
+    ``policy`` (a class attribute, not a field): the ``ExecutionPolicy`` every put of this
+    operation carries unless the put gives its own.
+    """
+
+    policy: ClassVar[ExecutionPolicy | None] = None
 
 
 class Event(Message):

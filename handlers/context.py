@@ -19,6 +19,7 @@ import structlog
 
 from streamcqrs.domain.aggregate import Aggregate
 from streamcqrs.domain.messages import Event, Message
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import HandlerSpec, StreamRef
@@ -43,11 +44,12 @@ class PutOutput:
     on_existing: OnExisting = OnExisting.WRITE
     keep: int = 1
     due_ms: int | None = None
+    policy: bytes = b""
 
     def fill(self, commit: Commit) -> None:
         """Add this output to ``commit``."""
         commit.put(self.keys, self.target.kind, self.envelope, on_existing=self.on_existing,
-                   keep=self.keep, due_ms=self.due_ms)  # fmt: skip
+                   keep=self.keep, due_ms=self.due_ms, policy=self.policy)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -81,6 +83,7 @@ class SnapshotOutput:
 
 
 Output = PutOutput | AppendOutput | SnapshotOutput
+
 
 
 class Context:
@@ -241,10 +244,12 @@ class Context:
         keep: int = 1,
         execute_earliest: datetime | int | None = None,
         delay: timedelta | float | None = None,
+        policy: ExecutionPolicy | None = None,
     ) -> str:
         """Put ``message`` into a declared stream at commit; returns its message id.
 
         ``execute_earliest`` (a datetime or epoch ms) or ``delay`` (seconds) parks it until due.
+        ``policy`` (default: the operation class's ``policy``) travels with the entry.
         """
         ref = StreamRef.parse(target)
         self._check_write(ref)
@@ -255,8 +260,9 @@ class Context:
         elif delay is not None:
             seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
             due = now_ms() + int(seconds * 1000)
+        packed = ExecutionPolicy.packed_for(message, policy)
         self.outputs.append(
-            PutOutput(ref, self.keys(ref.subsystem), envelope, on_existing, keep, due)
+            PutOutput(ref, self.keys(ref.subsystem), envelope, on_existing, keep, due, packed)
         )
         return envelope.message_id
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from streamcqrs.domain.messages import Message
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
-from streamcqrs.streams.commit import ATTEMPT_FIELD, CONCERN_FIELD, Input
+from streamcqrs.streams.commit import ATTEMPT_FIELD, CONCERN_FIELD, POLICY_FIELD, Input
 from streamcqrs.streams.envelope import decode, parse
 from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
@@ -59,6 +60,8 @@ class Delivery:
     """Deliveries that ended without any commit (the bot died or hung): a crash loop."""
     taken_over: bool = False
     """Taken over from a consumer that died or hung (XAUTOCLAIM), not read new."""
+    policy: ExecutionPolicy | None = None
+    """The execution policy the entry carries (None: the bot's settings)."""
 
     @property
     def entry_id(self) -> str:
@@ -140,9 +143,11 @@ class Source:
         try:
             message = decode(self.key, entry_id, envelope, self.types)
             attempt = int(raw.get(ATTEMPT_FIELD) or 1)
-        except (DecodeError, ValueError) as exc:
+            packed = raw.get(POLICY_FIELD)
+            policy = ExecutionPolicy.unpack(packed) if packed else None
+        except (DecodeError, ValueError) as exc:  # ConfigurationError is a ValueError
             return Delivery(self, inp, Verdict.DEAD, error=exc)
-        return Delivery(self, inp, Verdict.HANDLE, message, spec, attempt)
+        return Delivery(self, inp, Verdict.HANDLE, message, spec, attempt, policy=policy)
 
 
 def sources(app: App, only: tuple[str, ...] = ()) -> list[Source]:

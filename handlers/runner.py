@@ -29,13 +29,14 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis.asyncio
 import structlog
 
 from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.handlers.context import Context
 from streamcqrs.handlers.delivery import Delivery, Verdict
 from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry
@@ -45,6 +46,11 @@ from streamcqrs.streams.deadletter import dead_letter
 from streamcqrs.streams.errors import EncodeError, InvalidTransition
 from streamcqrs.streams.keys import PartitionKeys, SubsystemKeys
 from streamcqrs.streams.statuses import Action
+
+
+class Expired(Fail):
+    """The operation's execution policy says it is not to be handled any more."""
+
 
 PERMANENT = (Fail, HandlerError, EncodeError)
 """Errors no retry can fix: the record is Failed and dead-lettered at once."""
@@ -72,6 +78,17 @@ class RetryPolicy:
             raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.retry_jitter < 1:
             raise ConfigurationError(f"retry_jitter must be in [0, 1), got {self.retry_jitter}")
+
+    def under(self, policy: ExecutionPolicy | None) -> RetryPolicy:
+        """These settings with what an entry's execution policy sets instead."""
+        if policy is None:
+            return self
+        given = {
+            name: value
+            for name in ("max_attempts", "retry_base", "retry_cap")
+            if (value := getattr(policy, name)) is not None
+        }
+        return replace(self, **given) if given else self
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1 = the first).
@@ -162,6 +179,10 @@ class Runner:
             return self.failure(d, log, crash)
         assert d.spec is not None and d.input.envelope is not None
         started = now_ms()
+        policy = d.policy
+        if policy is not None and policy.expires_at is not None and started > policy.expires_at:
+            late = started - policy.expires_at
+            return self.failure(d, log, Expired(f"expired: {late} ms past its expiry"))
         ctx = Context(
             d.spec,
             d.input.envelope,
@@ -172,12 +193,18 @@ class Runner:
             types=d.source.types,
             logger=log,
         )
+        timeout = policy.timeout if policy is not None else None
         try:
-            if d.spec.is_async:
-                await cast(Awaitable[None], d.spec.fn(d.message, ctx))
+            if timeout is None:
+                await self._invoke(d, ctx)
             else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self.executor, d.spec.fn, d.message, ctx)
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._invoke(d, ctx)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"the handler ran past its {timeout} s timeout and was cancelled"
+                    ) from None
             commit = self._commit(d)
             ctx.fill(commit)
         except Retry as asked:
@@ -193,6 +220,16 @@ class Runner:
         self._settle(commit, d, Action.COMPLETE, "", started)
         return Attempt(commit, Action.COMPLETE, ctx)
 
+    async def _invoke(self, d: Delivery, ctx: Context) -> None:
+        """Call the handler: an ``async def`` here, a plain ``def`` in the executor (past a
+        timeout, a thread cannot be stopped: its attempt counts, the thread runs out)."""
+        assert d.spec is not None
+        if d.spec.is_async:
+            await cast(Awaitable[None], d.spec.fn(d.message, ctx))
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, d.spec.fn, d.message, ctx)
+
     def failure(
         self,
         d: Delivery,
@@ -206,13 +243,14 @@ class Runner:
         """Retry after backoff; or, after the last attempt or a permanent error, Failed."""
         reason = f"{type(error).__name__}: {error}"
         permanent = isinstance(error, PERMANENT)
-        if permanent or d.attempt >= self.policy.max_attempts:
+        policy = self.policy.under(d.policy)
+        if permanent or d.attempt >= policy.max_attempts:
             why = reason if permanent else f"failed {d.attempt} attempts: {reason}"
             log.error("handler failed for good", attempt=d.attempt, error=reason)
             failed = self._dead(d, why, error, d.attempt)
             self._settle(failed.commit, d, Action.FAIL, reason, started_ms)
             return Attempt(failed.commit, Action.FAIL, context, error)
-        wait = self.policy.delay(d.attempt) if delay is None else delay
+        wait = policy.delay(d.attempt) if delay is None else delay
         log.warning("handler failed; retrying", attempt=d.attempt, delay_s=round(wait, 3),
                     error=reason, exc_info=not isinstance(error, Retry))  # fmt: skip
         commit = self._commit(d)
@@ -253,4 +291,4 @@ class Runner:
         return Attempt(commit, None, error=error)
 
 
-__all__ = ["PERMANENT", "Attempt", "CommitFn", "RetryPolicy", "Runner"]
+__all__ = ["PERMANENT", "Attempt", "CommitFn", "Expired", "RetryPolicy", "Runner"]

@@ -61,6 +61,8 @@ ATTEMPT_FIELD = b"att"
 """Entry field beside the envelope: which attempt this delivery is (absent: the first)."""
 CONCERN_FIELD = b"for"
 """Entry field beside the envelope: the one concern a retried entry is for (absent: all)."""
+POLICY_FIELD = b"pol"
+"""Entry field beside the envelope: its packed ``ExecutionPolicy`` (absent: the bot's)."""
 
 
 class OnExisting(StrEnum):
@@ -239,17 +241,20 @@ class Commit:
         on_existing: OnExisting = OnExisting.WRITE,
         keep: int = 1,
         due_ms: int | None = None,
+        policy: bytes = b"",
     ) -> int:
         """Put a record into its partition of stream ``kind`` (or park it until ``due_ms``).
 
         The partition is the object id's (the message id's when it has none), so one object's
-        records stay in order. Returns the op's index among the replies.
+        records stay in order. ``policy``: a packed ``ExecutionPolicy`` the entry carries.
+        Returns the op's index among the replies.
         """
         part = keys.for_object(envelope.object_id or envelope.message_id)
         if due_ms is not None:
-            member = Delayed(kind.value, envelope, on_existing, keep).pack()
+            member = Delayed(kind.value, envelope, on_existing, keep, policy=policy).pack()
             return self.delay(part.delayed(kind), due_ms, member)
-        return self.put_at(part, kind, envelope, on_existing=on_existing, keep=keep)
+        extra = (POLICY_FIELD, policy) if policy else ()
+        return self.put_at(part, kind, envelope, on_existing=on_existing, keep=keep, extra=extra)
 
     def put_at(
         self,
@@ -419,7 +424,10 @@ class Commit:
         inp = self.input
         if inp is None or inp.envelope is None:
             raise ConfigurationError("retry_later needs a decoded input")
-        member = Delayed(inp.kind.value, inp.envelope, attempt=attempt, concern=inp.concern)
+        policy = inp.raw.get(POLICY_FIELD, b"")
+        member = Delayed(
+            inp.kind.value, inp.envelope, attempt=attempt, concern=inp.concern, policy=policy
+        )
         return self.delay(inp.part.delayed(inp.kind), due_ms, member.pack())
 
     def switch(
@@ -470,6 +478,8 @@ class Commit:
             extra += [ATTEMPT_FIELD, parked.attempt]
         if parked.concern:
             extra += [CONCERN_FIELD, parked.concern]
+        if parked.policy:
+            extra += [POLICY_FIELD, parked.policy]
         self.put_at(part, target, parked.envelope, on_existing=strategy, keep=parked.keep,
                     extra=extra)  # fmt: skip
 
@@ -619,6 +629,7 @@ async def run_commits(
 __all__ = [
     "ATTEMPT_FIELD",
     "CONCERN_FIELD",
+    "POLICY_FIELD",
     "Commit",
     "Input",
     "OnExisting",

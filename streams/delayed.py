@@ -28,6 +28,8 @@ class Delayed:
     """A retry's attempt number (0: not a retry); the mover writes it beside the envelope."""
     concern: str = ""
     """The one concern a retry is for (empty: every consumer of the stream)."""
+    policy: bytes = b""
+    """The entry's packed execution policy (empty: none)."""
 
     def pack(self) -> bytes:
         """Encode as a delayed-set member."""
@@ -37,8 +39,10 @@ class Delayed:
             e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
             e.fmt, str(self.on_existing), self.keep,
         ]  # fmt: skip
-        if self.attempt or self.concern:
+        if self.attempt or self.concern or self.policy:
             fields += [self.attempt, self.concern]
+        if self.policy:
+            fields.append(self.policy)
         return msgpack.packb(fields)
 
     @classmethod
@@ -49,9 +53,10 @@ class Delayed:
             fields[:13]
         )
         attempt, concern = fields[13:15] if len(fields) >= 15 else (0, "")
+        policy = fields[15] if len(fields) >= 16 else b""
         envelope = Envelope(
             type=type_, payload=payload, schema=schema, object_id=obj, message_id=mid,
             correlation_id=corr, causation_id=cause, created_at=at,
             tags=tuple((n, v) for n, v in tags), fmt=fmt,
         )  # fmt: skip
-        return cls(kind, envelope, str(on_existing), keep, attempt, concern)
+        return cls(kind, envelope, str(on_existing), keep, attempt, concern, bytes(policy))

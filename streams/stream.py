@@ -21,6 +21,7 @@ import redis.asyncio
 from redis.typing import KeyT, StreamIdT
 
 from streamcqrs.domain.messages import Message
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams._ids import MAX_ID, entry_key, to_ms
 from streamcqrs.streams.commit import Commit, OnExisting
@@ -137,8 +138,12 @@ class WriteOnlyStream(_Stream):
         causation_id: str = "",
         message_id: str | None = None,
         execute_earliest: datetime | int | None = None,
+        policy: ExecutionPolicy | None = None,
     ) -> PutResult:
-        """Put a message; with ``execute_earliest`` it enters the stream only when due."""
+        """Put a message; with ``execute_earliest`` it enters the stream only when due.
+
+        ``policy`` (default: the operation class's ``policy``) travels with the entry.
+        """
         envelope = self.envelope(
             message,
             object_id=object_id,
@@ -147,7 +152,8 @@ class WriteOnlyStream(_Stream):
             causation_id=causation_id,
             message_id=message_id,
         )
-        commit = self._put_commit(envelope, on_existing, keep, execute_earliest)
+        packed = ExecutionPolicy.packed_for(message, policy)
+        commit = self._put_commit(envelope, on_existing, keep, execute_earliest, packed)
         return _result(envelope, (await commit.run(self.client))[0])
 
     def _put_commit(
@@ -156,11 +162,13 @@ class WriteOnlyStream(_Stream):
         on_existing: OnExisting,
         keep: int,
         execute_earliest: datetime | int | None = None,
+        policy: bytes = b"",
     ) -> Commit:
         """The one-intent commit of a put (parked until due with ``execute_earliest``)."""
         due = None if execute_earliest is None else to_ms(execute_earliest, 0)
         commit = Commit()
-        commit.put(self.keys, self.kind, envelope, on_existing=on_existing, keep=keep, due_ms=due)
+        commit.put(self.keys, self.kind, envelope, on_existing=on_existing, keep=keep, due_ms=due,
+                   policy=policy)  # fmt: skip
         return commit
 
     def view_envelope(
@@ -191,6 +199,7 @@ class WriteOnlyStream(_Stream):
     async def next_id(self) -> int:
         """A unique, increasing 64-bit id for a record of this stream (a tracking id)."""
         return int(await self.client.incr(self.keys.partition(0).sequence(self.kind)))
+
 
 
 def _result(envelope: Envelope, reply: Any) -> PutResult:
@@ -336,6 +345,7 @@ class SyncWriteOnlyStream:
         causation_id: str = "",
         message_id: str | None = None,
         execute_earliest: datetime | int | None = None,
+        policy: ExecutionPolicy | None = None,
     ) -> PutResult:
         """Put a message (see ``WriteOnlyStream.put``)."""
         envelope = self._inner.envelope(
@@ -346,7 +356,8 @@ class SyncWriteOnlyStream:
             causation_id=causation_id,
             message_id=message_id,
         )
-        commit = self._inner._put_commit(envelope, on_existing, keep, execute_earliest)
+        packed = ExecutionPolicy.packed_for(message, policy)
+        commit = self._inner._put_commit(envelope, on_existing, keep, execute_earliest, packed)
         return _result(envelope, commit.run_sync(self.client)[0])
 
     def put_view(

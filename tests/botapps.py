@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis
 
-from streamcqrs.domain import Aggregate, Event, Message, Operation, message
+from streamcqrs.domain import Aggregate, Event, ExecutionPolicy, Message, Operation, message
 from streamcqrs.handlers import App, Context, Fail, NotYet, Retry
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import encode, entries, to_record
@@ -109,6 +109,21 @@ class Misdeclared(Operation):
 @message("botapp.Ignored")
 class Ignored(Operation):
     """A type the app drops on its client operations without a handler."""
+
+    n: int
+
+
+@message("botapp.Governed")
+class Governed(Operation):
+    """Work that always fails, under a policy of two attempts (the bot's default is five)."""
+
+    policy = ExecutionPolicy(max_attempts=2, retry_base=0.05)
+    n: int
+
+
+@message("botapp.Sleepy")
+class Sleepy(Operation):
+    """Work whose first attempt sleeps past the timeout its put gives it."""
 
     n: int
 
@@ -217,6 +232,17 @@ async def misdeclared(op: Misdeclared, ctx: Context) -> None:
 
 
 app.ignore(Ignored, stream=OPS)
+
+
+@app.handler(Governed, Sleepy, stream=OPS, concern="governed", appends=[SUBSYSTEM])
+async def governed(op: Governed | Sleepy, ctx: Context) -> None:
+    """Governed: always fail. Sleepy: sleep 5 s on the first attempt, then commit."""
+    await ctx.client.rpush(attempts_key(op.n), _now_ms())
+    if isinstance(op, Governed):
+        raise RuntimeError(f"governed operation {op.n} fails every time")
+    if ctx.attempt == 1:
+        await asyncio.sleep(5)
+    ctx.append(Job(id=f"sleepy-{op.n}"), Done(n=op.n, at=_now_ms(), attempt=ctx.attempt))
 
 
 # -- running the app in real bot processes -------------------------------------------------

@@ -74,7 +74,8 @@ def test_status_shows_length_lag_pending_and_dead_letters(real: Backend, tmp_pat
     result = bots_cli("status", "tests.botapps:app", "--url", url, "--json")
     assert 0 == result.returncode, result.stderr
     rows = {row["group"]: row for row in json.loads(result.stdout)}
-    assert {"do", "doomed", "flaky", "later", "slow", "crash", "steered", "strict"} == set(rows)
+    assert {"do", "doomed", "flaky", "later", "slow", "crash", "steered", "strict",
+            "governed"} == set(rows)
     expected = {"stream": OPS, "group": "do", "length": 21, "lag": 0, "pending": 0,
                 "oldest_pending_s": None, "delayed": 0, "dead_letters": 1}  # fmt: skip
     assert expected == {k: v for k, v in rows["do"].items() if k != "consumers"}

@@ -6,11 +6,15 @@ with growing delays; one that always fails ends Failed with one dead letter.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import redis
 
+from streamcqrs.domain import ExecutionPolicy
+from streamcqrs.streams import Subsystem, now_ms
 from streamcqrs.streams.deadletter import read_dead_letters_sync
 from streamcqrs.streams.envelope import as_str, encode, entries
 from streamcqrs.streams.handling import HandlingStore, Status
@@ -22,9 +26,11 @@ from tests.botapps import (
     Done,
     Doomed,
     Flaky,
+    Governed,
     Ignored,
     Misdeclared,
     Rejected,
+    Sleepy,
     Steered,
     attempts_key,
     ns_of,
@@ -203,3 +209,49 @@ def test_an_operation_no_handler_takes_is_dead_lettered_once_unless_ignored(
     assert "botapp.Done" == stored.letter.type_name
     assert "no handler for botapp.Done on botapp/client-ops" in stored.letter.reason
     assert [3] == ns_of(client, EVENTS)
+
+
+def test_an_operations_policy_beats_the_bots_settings(
+    real: Backend, run: Any, tmp_path: Path
+) -> None:
+    """An operation whose class policy allows 2 attempts is Failed after 2 while the bot's
+    --max-attempts is 5; one put with a 0.5 s timeout whose first attempt sleeps 5 s is
+    cancelled and retried, and commits on its second attempt; one put already expired never
+    reaches its handler and is Failed "expired"."""
+    client = real.sync_client()
+    writer = Subsystem(SUBSYSTEM, real.client(), sync_client=client).sync_writer("client-ops")
+    writer.put(Governed(n=1), object_id="g-1")
+    writer.put(Sleepy(n=2), object_id="s-2", policy=ExecutionPolicy(timeout=0.5))
+    expired = writer.put(Sleepy(n=3), object_id="s-3",
+                         policy=ExecutionPolicy(expires_at=now_ms() - 1000))  # fmt: skip
+    with BotProcess(real.url or "", tmp_path / "bot.log", "--max-attempts", "5",
+                    "--retry-base", "0.05") as bot:  # fmt: skip
+        wait_until(
+            lambda: client.xlen(DEAD) >= 2 and client.xlen(EVENTS) >= 1, "the outcomes", 30, bot
+        )
+        time.sleep(0.5)  # a third attempt of Governed(1) would have run by now
+    assert 2 == client.llen(attempts_key(1))
+    assert [2] == ns_of(client, EVENTS) and [2] == ns_of(client, EVENTS, "attempt")
+    assert 0 == client.llen(attempts_key(3))
+    letters = {s.letter.message_id: s.letter for s in read_dead_letters_sync(client, KEYS)}
+    assert "expired" in letters[expired.message_id].reason
+    assert Status.FAILED == status_of(real, run, "governed", expired.message_id)
+
+
+def test_entries_stored_without_a_policy_are_handled_as_before(
+    real: Backend, tmp_path: Path
+) -> None:
+    """An entry and a retry parked in the delayed set, both in the exact format stored before
+    policies existed (no policy field; a 15-item delayed member), are handled with the bot's
+    own settings."""
+    client = real.sync_client()
+    flat = encode(Do(n=7), object_id="7").fields()
+    client.xadd(OPS, dict(zip(flat[::2], flat[1::2], strict=True)))
+    old_member = msgpack.packb(
+        ["client-ops", "botapp.Do", msgpack.packb({"n": 8, "pause": 0.0}), 1, "8",
+         "0123456789abcdef0123456789abcdef", "", "", now_ms(), [], b"m", "write", 1, 2, "do"]
+    )  # fmt: skip
+    client.zadd(PART.delayed(Kind.CLIENT_OPERATIONS), {old_member: now_ms()})
+    with BotProcess(real.url or "", tmp_path / "bot.log") as bot:
+        wait_until(lambda: client.xlen(EVENTS) >= 2, "both old entries", 30, bot)
+    assert [7, 8] == sorted(ns_of(client, EVENTS))

@@ -86,7 +86,7 @@ class TestClassify:
     def test_only_limits_the_sources_to_some_subsystems(self) -> None:
         """--only names subsystems: others' handlers are not run."""
         assert [] == sources(app, ("elsewhere",))
-        assert 8 == len(sources(app, ("botapp",)))
+        assert 9 == len(sources(app, ("botapp",)))
 
     def test_a_type_no_handler_takes_on_an_operation_stream_is_dead_with_the_reason(self) -> None:
         """A registered type that no concern of the app handles on client-ops is not dropped
