@@ -150,14 +150,16 @@ class Context:
         seed = f"{self.envelope.message_id}:{self._count}".encode()
         return hashlib.blake2b(seed, digest_size=16).hexdigest()
 
-    def _encode(self, message: Message, object_id: str, tags: TagsIn) -> Envelope:
+    def _encode(
+        self, message: Message, object_id: str, tags: TagsIn, message_id: str | None = None
+    ) -> Envelope:
         return encode(
             message,
             object_id=object_id,
             tags=as_tags(tags),
             correlation_id=self.correlation_id,
             causation_id=self.envelope.message_id,
-            message_id=self._next_message_id(),
+            message_id=message_id or self._next_message_id(),
             types=self.types,
         )
 
@@ -245,15 +247,19 @@ class Context:
         execute_earliest: datetime | int | None = None,
         delay: timedelta | float | None = None,
         policy: ExecutionPolicy | None = None,
+        message_id: str | None = None,
     ) -> str:
         """Put ``message`` into a declared stream at commit; returns its message id.
 
         ``execute_earliest`` (a datetime or epoch ms) or ``delay`` (seconds) parks it until due.
         ``policy`` (default: the operation class's ``policy``) travels with the entry.
+        ``message_id`` replaces the id derived from the input's (keep it deterministic: a
+        re-run must produce the same one).
         """
         ref = StreamRef.parse(target)
         self._check_write(ref)
-        envelope = self._encode(message, "" if object_id is None else str(object_id), tags)
+        obj = "" if object_id is None else str(object_id)
+        envelope = self._encode(message, obj, tags, message_id)
         due: int | None = None
         if execute_earliest is not None:
             due = to_ms(execute_earliest, 0)

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.handlers.errors import HandlerError
+
+if TYPE_CHECKING:
+    from streamcqrs.handlers.saga import Saga
 from streamcqrs.streams.keys import Kind, check_concern
 from streamcqrs.streams.subsystem import parse_stream
 
@@ -204,6 +207,12 @@ class App:
             return fn
 
         return decorate
+
+    def saga(self, saga: Saga) -> Saga:
+        """Run ``saga`` (a ``handlers.saga.Saga``): add the handlers that start it, record
+        its outcomes, time it out and end it. Returns it, for ``saga.start(ctx, ...)``."""
+        saga.register(self)
+        return saga
 
     def ignore(self, *message_types: type[Message], stream: str) -> None:
         """Drop these types on ``stream`` without a handler (acked, no dead letter).

@@ -32,6 +32,7 @@ from streamcqrs.domain import Event, Message, Operation, TypeRegistry, message
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.handlers import App, Context
 from streamcqrs.handlers.asyncapi import asyncapi_document
+from streamcqrs.handlers.saga import SagaDeadline
 from streamcqrs.streams.envelope import encode
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 
@@ -279,7 +280,7 @@ EXAMPLES: list[Message] = [
         missing=("slack",),
         at_ms=2,
     ),
-    m.AwaitDeliveries(notification_id="n-1", awaited={"op-1": "email"}, deadline_ms=3),
+    SagaDeadline(saga="notification-saga", saga_id="n-1.saga"),
     m.SendEmail(delivery_id="d-1", to="ada@example.com", subject="Hi", body="Hello"),
     m.SlackMessageFailed(
         delivery_id="d-2", operation_id="op-2", channel="#ops", error="429", at_ms=4
@@ -307,8 +308,7 @@ class TestPayloads:
             (m.SendNotification, {"notification_id": "", "recipient": "a", "subject": "s",
                                   "body": ""}),
             (m.NotificationFailed, {"notification_id": "n-1", "reason": "bored", "at_ms": 1}),
-            (m.AwaitDeliveries, {"notification_id": "n", "awaited": {"o": "fax"},
-                                 "deadline_ms": 1}),
+            (SagaDeadline, {"saga": "notification-saga"}),
             (m.SendEmail, {"delivery_id": "d", "to": "t", "subject": "s", "body": "b",
                            "extra": 1}),
         ],

@@ -18,29 +18,33 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from examples.notification import config, delivery, notify, saga
+from examples.notification import config, delivery, notify
 from examples.notification.aggregates import Notification
 from examples.notification.app import app
 from examples.notification.messages import (
     TERMINAL_EVENTS,
-    AwaitDeliveries,
-    CheckDeadline,
     EmailFailed,
     EmailSent,
     NotificationFailed,
     NotificationSent,
     NotificationSuppressed,
-    SagaCompleted,
     SendEmail,
     SendNotification,
     SendSlackMessage,
     SlackMessageFailed,
     SlackMessageSent,
 )
-from examples.notification.saga import NotificationSaga, saga_id
+from examples.notification.saga import DELIVERY, saga_id
 from streamcqrs.domain import Event, Message, new_message_id
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import Context, PutOutput, Retry
+from streamcqrs.handlers.saga import (
+    SagaDeadline,
+    SagaEnded,
+    SagaEntry,
+    SagaState,
+    operation_id,
+)
 from streamcqrs.streams import Commit, Subsystem, SubsystemKeys, decode, encode, now_ms
 from tests.support import Backend, Run
 
@@ -71,12 +75,16 @@ class Harness:
         object_id: str = "",
         message_id: str | None = None,
         attempt: int = 1,
+        causation_id: str = "",
     ) -> Context:
-        """Run ``fn``'s handler on ``message`` to its commit; return the committed context."""
-        spec = next(s for s in app.handlers if s.fn is fn and type(message) in s.message_types)
+        """Run ``fn``'s handler on ``message`` to its commit; return the committed context.
+
+        ``causation_id``: the message the input was caused by (an outcome event's operation).
+        """
+        spec = next(s for s in app.handlers if s.fn == fn and type(message) in s.message_types)
         envelope = encode(
             message, object_id=object_id, message_id=message_id or new_message_id(),
-            types=app.types,
+            causation_id=causation_id, types=app.types,
         )  # fmt: skip
         for _ in range(20):  # a conflict means another handler committed first: run again
             ctx = Context(spec, envelope, entry_id="0-0", attempt=attempt, client=self.client,
@@ -150,22 +158,22 @@ class Workflow:
                                     error="404 channel_not_found", notification_id=self.nid,
                                     at_ms=at)
         )  # fmt: skip
-        start = AwaitDeliveries.model_validate(
-            {"notification_id": self.nid, "awaited": {email.message_id: "email",
-             slack.message_id: "slack"}, "deadline_ms": at + 3_600_000}
-        )  # fmt: skip
-        assert start.awaited == saga_start_of(entry).awaited
+        start = saga_start_of(entry)
+        assert {email.message_id: "email", slack.message_id: "slack"} == start.awaited
+        self.email_id = email.message_id
         self.arrivals = {
-            "start": (saga.start_saga, start),
-            "email": (saga.record_outcome, email_outcome),
-            "slack": (saga.record_outcome, slack_outcome),
-            "deadline": (saga.check_deadline, CheckDeadline(notification_id=self.nid)),
-        }
+            "start": (DELIVERY._start, start, ""),
+            "email": (DELIVERY._outcome, email_outcome, email.message_id),
+            "slack": (DELIVERY._outcome, slack_outcome, slack.message_id),
+            "deadline": (DELIVERY._deadline, SagaDeadline(saga=DELIVERY.name,
+                                                          saga_id=saga_id(self.nid)), ""),
+        }  # fmt: skip
 
     async def arrive(self, name: str, message_id: str | None = None) -> None:
         """Deliver one arrival to its handler."""
-        fn, message = self.arrivals[name]
-        await self.harness.handle(fn, message, object_id=self.nid, message_id=message_id)
+        fn, message, cause = self.arrivals[name]
+        await self.harness.handle(fn, message, object_id=self.nid, message_id=message_id,
+                                  causation_id=cause)  # fmt: skip
 
     async def notification_events(self) -> list[Event]:
         """The notification aggregate's events."""
@@ -176,10 +184,10 @@ class Workflow:
         return await events_of(self.sub, saga_id(self.nid))
 
 
-def saga_start_of(entry: PutOutput) -> AwaitDeliveries:
+def saga_start_of(entry: PutOutput) -> SagaEntry:
     """The saga entry a put carries."""
     message = decode(str(entry.target), "0-0", entry.envelope, app.types)
-    assert isinstance(message, AwaitDeliveries)
+    assert isinstance(message, SagaEntry)
     return message
 
 
@@ -235,7 +243,7 @@ def test_every_order_of_outcomes_and_deadline_ends_once(
                 await flow.arrive(name, ids[name])
                 await flow.arrive(name)
             assert before == (await flow.notification_events(), await flow.saga_events())
-            completions = [e for e in before[1] if isinstance(e, SagaCompleted)]
+            completions = [e for e in before[1] if isinstance(e, SagaEnded)]
             assert 1 == len(completions), order
 
     run(scenario())
@@ -257,7 +265,7 @@ def test_racing_arrivals_end_once(backend: Backend, run: Run[None]) -> None:
             await asyncio.gather(*(flow.arrive(n) for n in ("email", "slack", "deadline")))
             assert 1 == len(terminal(await flow.notification_events()))
             saga_events = await flow.saga_events()
-            assert 1 == len([e for e in saga_events if isinstance(e, SagaCompleted)])
+            assert 1 == len([e for e in saga_events if isinstance(e, SagaEnded)])
 
     run(scenario())
 
@@ -339,6 +347,7 @@ def test_notification_bot_follows_preferences(
         entry = saga_start_of(put["notification/sagas"][0])
         sent_ids = {p.envelope.message_id: t.split("/")[0] for t in sends for p in put[t]}
         assert sent_ids == entry.awaited
+        assert {operation_id(saga_id("7"), label) for label in sent_ids.values()} == set(sent_ids)
         deadline = put["notification/internal-ops"][0]
         assert entry.deadline_ms == deadline.due_ms
         for target in sends:
@@ -366,9 +375,9 @@ def test_saga_settles_sent_when_all_succeed(backend: Backend, run: Run[None]) ->
         ended = terminal(await flow.notification_events())
         assert [NotificationSent(notification_id="ok", channels=("email", "slack"),
                                  at_ms=ended[0].at_ms)] == ended  # type: ignore[attr-defined]  # fmt: skip
-        state = await sub.aggregates(NotificationSaga).load(saga_id("ok"))
+        state = await sub.aggregates(SagaState).load(saga_id("ok"))
         notification = await sub.aggregates(Notification).load("ok")
-        assert (True, "sent", "sent") == (state.completed, state.result, notification.status)
+        assert (True, "succeeded", "sent") == (state.ended, state.result, notification.status)
 
     run(scenario())
 

@@ -322,7 +322,7 @@ def test_snapshots_every_n_events(system: System) -> None:
         orjson.loads(notification.raw)["state"]["version"],
     )
     assert (True, 4) == (
-        orjson.loads(saga.raw)["state"]["completed"],
+        orjson.loads(saga.raw)["state"]["ended"],
         orjson.loads(saga.raw)["state"]["version"],
     )
 

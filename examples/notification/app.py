@@ -11,9 +11,10 @@ handler                input                         concern             outputs
 request_notification   notification/client-ops       notify              notification aggregate,
                                                                          email/slack client-ops,
                                                                          sagas, delayed deadline
-start_saga             notification/sagas            saga                saga (+ terminal event)
-record_outcome         email/events, slack/events    notification-saga   saga (+ terminal event)
-check_deadline         notification/internal-ops     internal            saga (+ terminal event)
+saga: start            notification/sagas            notification-saga   saga (+ terminal event)
+saga: outcomes         email/events, slack/events    notification-saga   saga (+ terminal event)
+saga: failures         email/dead, slack/dead        notification-saga   saga (+ terminal event)
+saga: deadline         notification/internal-ops     notification-saga   saga (+ terminal event)
 report_failure         notification/events           report-failure      notification/internal-ops
 email_internal_team    notification/internal-ops     internal            email/client-ops
 record_report          email/events                  failure-report      notification aggregate
@@ -27,27 +28,19 @@ from __future__ import annotations
 
 from examples.notification import delivery, notify, saga, views
 from examples.notification.messages import (
-    AwaitDeliveries,
-    CheckDeadline,
-    DeadlinePassed,
-    EmailFailed,
     EmailSent,
     FailureReportedToInternalTeam,
     NotificationFailed,
     NotificationRequested,
     NotificationSent,
     NotificationSuppressed,
-    OutcomeRecorded,
     ReportFailure,
-    SagaCompleted,
-    SagaStarted,
     SendEmail,
     SendNotification,
     SendSlackMessage,
-    SlackMessageFailed,
-    SlackMessageSent,
 )
 from streamcqrs.handlers import App
+from streamcqrs.handlers.saga import SagaEnded, SagaOutcome, SagaTimedOut
 
 app = App("notification")
 """The app ``streamcqrs run examples.notification.app:app`` runs."""
@@ -65,15 +58,7 @@ app.handler(
     ],
 )(notify.request_notification)
 
-app.handler(AwaitDeliveries, stream="notification/sagas", concern="saga",
-            appends=["notification"])(saga.start_saga)  # fmt: skip
-app.handler(EmailSent, EmailFailed, stream="email/events", concern="notification-saga",
-            appends=["notification"], name="record_email_outcome")(saga.record_outcome)  # fmt: skip
-app.handler(SlackMessageSent, SlackMessageFailed, stream="slack/events",
-            concern="notification-saga", appends=["notification"],
-            name="record_slack_outcome")(saga.record_outcome)  # fmt: skip
-app.handler(CheckDeadline, stream="notification/internal-ops", concern="internal",
-            appends=["notification"])(saga.check_deadline)  # fmt: skip
+app.saga(saga.DELIVERY)
 
 app.handler(NotificationFailed, stream="notification/events", concern="report-failure",
             writes=["notification/internal-ops"])(notify.report_failure)  # fmt: skip
@@ -89,10 +74,9 @@ app.handler(
     NotificationFailed,
     NotificationSuppressed,
     FailureReportedToInternalTeam,
-    SagaStarted,
-    OutcomeRecorded,
-    DeadlinePassed,
-    SagaCompleted,
+    SagaOutcome,
+    SagaTimedOut,
+    SagaEnded,
     stream="notification/events",
     concern="views",
     start="beginning",  # a projection: a new one builds its views from the whole history

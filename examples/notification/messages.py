@@ -96,64 +96,7 @@ class FailureReportedToInternalTeam(Event):
 TERMINAL_EVENTS = (NotificationSent, NotificationFailed, NotificationSuppressed)
 """The events that end a notification; exactly one of them is ever appended."""
 
-# -- notification: the saga ----------------------------------------------------------------
-
-
-@message("notification.AwaitDeliveries")
-class AwaitDeliveries(Operation):
-    """The saga entry: wait for the outcomes of exactly these operations, until the deadline.
-
-    ``awaited`` maps each operation's message id to its channel.
-    """
-
-    notification_id: str
-    awaited: dict[str, Channel]
-    deadline_ms: int
-
-
-@message("notification.SagaStarted")
-class SagaStarted(Event):
-    """The saga knows what it waits for and until when."""
-
-    notification_id: str
-    awaited: dict[str, Channel]
-    deadline_ms: int
-
-
-@message("notification.OutcomeRecorded")
-class OutcomeRecorded(Event):
-    """One awaited operation's outcome arrived (it may arrive before the saga started)."""
-
-    notification_id: str
-    operation_id: str
-    channel: Channel
-    succeeded: bool
-    error: str = ""
-    at_ms: int
-
-
-@message("notification.DeadlinePassed")
-class DeadlinePassed(Event):
-    """The saga's deadline passed (whatever had arrived by then)."""
-
-    notification_id: str
-    at_ms: int
-
-
-@message("notification.SagaCompleted")
-class SagaCompleted(Event):
-    """The saga wrote its notification's terminal event; nothing changes it any more."""
-
-    notification_id: str
-    result: Literal["sent", "failed"]
-    at_ms: int
-
-
-@message("notification.CheckDeadline")
-class CheckDeadline(Operation):
-    """Delayed internal operation, due at the saga's deadline: time the saga out if open."""
-
-    notification_id: str
+# -- notification: the failure report -----------------------------------------------------
 
 
 @message("notification.ReportFailure")
@@ -245,10 +188,7 @@ OutcomeEvent = EmailSent | EmailFailed | SlackMessageSent | SlackMessageFailed
 
 __all__ = [
     "TERMINAL_EVENTS",
-    "AwaitDeliveries",
     "Channel",
-    "CheckDeadline",
-    "DeadlinePassed",
     "EmailFailed",
     "EmailSent",
     "FailureReason",
@@ -258,11 +198,8 @@ __all__ = [
     "NotificationSent",
     "NotificationSuppressed",
     "OutcomeEvent",
-    "OutcomeRecorded",
     "Purpose",
     "ReportFailure",
-    "SagaCompleted",
-    "SagaStarted",
     "SendEmail",
     "SendNotification",
     "SendSlackMessage",

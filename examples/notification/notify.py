@@ -1,10 +1,10 @@
 """The notification bot: turn a client's request into sends, a saga, and a deadline.
 
 One commit per request holds all of it: the notification's first event, the send operations
-for the ``email`` and ``slack`` subsystems (tagged with the address and the channel), the saga
-entry awaiting exactly those operations, and the ``CheckDeadline`` operation parked until the
-deadline. Either all of it is written, or (after a crash) none, and the request is handled
-again with the same output ids.
+for the ``email`` and ``slack`` subsystems (tagged with the address and the channel), and the
+start of the delivery saga awaiting exactly those operations (its entry, and its deadline
+parked until due), with the notification's event for each way it can end. Either all of it is
+written, or (after a crash) none, and the request is handled again with the same output ids.
 
 Also here, the failure reporting of the Naos workflow: a ``NotificationFailed`` event puts a
 ``ReportFailure`` internal operation; handling it sends an email to the internal team; once
@@ -16,20 +16,20 @@ from __future__ import annotations
 from examples.notification import config
 from examples.notification.aggregates import Notification, audit_tags
 from examples.notification.messages import (
-    AwaitDeliveries,
-    Channel,
-    CheckDeadline,
     EmailSent,
     FailureReportedToInternalTeam,
     NotificationFailed,
     NotificationRequested,
+    NotificationSent,
     NotificationSuppressed,
     ReportFailure,
     SendEmail,
     SendNotification,
     SendSlackMessage,
 )
+from examples.notification.saga import DELIVERY, saga_id
 from streamcqrs.handlers import Context
+from streamcqrs.handlers.saga import Awaited, Ending
 from streamcqrs.streams import now_ms
 
 
@@ -79,21 +79,28 @@ async def request_notification(op: SendNotification, ctx: Context) -> None:
         ctx.append(notification, requested, suppressed, tags=audit_tags(nid))
         return
     ctx.append(notification, requested, tags=audit_tags(nid))
-    awaited: dict[str, Channel] = {}
+    awaited: dict[str, Awaited] = {}
     if "email" in requested.channels:
         send = SendEmail(delivery_id=email_delivery_id(nid), to=recipient.email,
                          subject=op.subject, body=op.body, notification_id=nid)  # fmt: skip
         tags = [("to", recipient.email), ("notification", nid)]
-        awaited[ctx.put("email/client-ops", send, object_id=send.delivery_id, tags=tags)] = "email"
+        awaited["email"] = Awaited("email/client-ops", send, send.delivery_id, tags)
     if "slack" in requested.channels:
         post = SendSlackMessage(delivery_id=slack_delivery_id(nid), channel=recipient.slack_channel,
                                 text=f"*{op.subject}*\n{op.body}", notification_id=nid)  # fmt: skip
         tags = [("channel", recipient.slack_channel), ("notification", nid)]
-        awaited[ctx.put("slack/client-ops", post, object_id=post.delivery_id, tags=tags)] = "slack"
-    entry = AwaitDeliveries(notification_id=nid, awaited=awaited, deadline_ms=requested.deadline_ms)
-    ctx.put("notification/sagas", entry, object_id=nid)
-    ctx.put("notification/internal-ops", CheckDeadline(notification_id=nid), object_id=nid,
-            execute_earliest=requested.deadline_ms)  # fmt: skip
+        awaited["slack"] = Awaited("slack/client-ops", post, post.delivery_id, tags)
+    DELIVERY.start(
+        ctx,
+        saga_id=saga_id(nid),
+        target_id=nid,
+        awaited=awaited,
+        deadline=requested.deadline_ms,
+        on_success=Ending.of(NotificationSent, notification_id=nid, fill={"channels": "succeeded"}),
+        on_failure=Ending.of(NotificationFailed, notification_id=nid, reason="channels-failed"),
+        on_timeout=Ending.of(NotificationFailed, notification_id=nid, reason="timeout"),
+        tags=audit_tags(nid),
+    )
 
 
 async def report_failure(event: NotificationFailed, ctx: Context) -> None:

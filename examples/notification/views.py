@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict
 
 from examples.notification import config
 from examples.notification.aggregates import Notification
-from examples.notification.saga import NotificationSaga, saga_id
+from examples.notification.saga import DELIVERY, saga_id
 from streamcqrs.domain import Event
 from streamcqrs.handlers import Context
+from streamcqrs.handlers.saga import SagaState
 from streamcqrs.streams import Subsystem
 
 VIEWS = "notification/views"
@@ -69,9 +70,9 @@ class NotificationView(BaseModel):
     version: int
 
 
-def build_view(notification: Notification, saga: NotificationSaga) -> NotificationView:
+def build_view(notification: Notification, saga: SagaState) -> NotificationView:
     """The view of ``notification`` as of these states of it and its saga."""
-    arrived = {o.channel: o for op, o in saga.outcomes.items() if op in saga.awaited}
+    arrived = {o.label: o for op, o in saga.outcomes.items() if op in saga.awaited}
     channels: dict[str, ChannelView] = {}
     for channel in notification.channels:
         address = notification.email if channel == "email" else notification.slack_channel
@@ -130,13 +131,20 @@ def stored_version(raw: bytes | None) -> int:
     return found if isinstance(found, int) else -1
 
 
+def notification_of(event: Event) -> str:
+    """The notification an event is about: its own, or the one its delivery saga ends."""
+    if getattr(event, "saga", None) == DELIVERY.name:
+        return str(getattr(event, "target_id", ""))
+    return str(getattr(event, "notification_id", ""))
+
+
 async def project(event: Event, ctx: Context) -> None:
     """Projection bot: refresh the notification's view; snapshot every N events."""
-    nid = getattr(event, "notification_id", "")
+    nid = notification_of(event)
     if not nid:
         return
     notification = await ctx.load(Notification, nid)
-    saga = await ctx.load(NotificationSaga, saga_id(nid))
+    saga = await ctx.load(SagaState, saga_id(nid))
     if not notification.version:
         return  # only saga events so far; the view starts with the notification
     view = build_view(notification, saga)
@@ -155,11 +163,11 @@ async def rebuild_views(client: redis.asyncio.Redis, *, partitions: int = 1) -> 
     notification_sub = Subsystem("notification", client, partitions=partitions)
     ids: dict[str, None] = {}
     for record in await notification_sub.reader("events").read():
-        nid = getattr(record.message, "notification_id", "")
+        nid = notification_of(record.message) if isinstance(record.message, Event) else ""
         if nid:
             ids[nid] = None
     notifications = notification_sub.aggregates(Notification)
-    sagas = notification_sub.aggregates(NotificationSaga)
+    sagas = notification_sub.aggregates(SagaState)
     views = notification_sub.writer("views")
     built = 0
     for nid in ids:
@@ -180,6 +188,7 @@ __all__ = [
     "ChannelView",
     "NotificationView",
     "build_view",
+    "notification_of",
     "project",
     "rebuild_views",
     "stored_version",
