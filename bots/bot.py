@@ -52,6 +52,7 @@ from streamcqrs.streams.connection import Settings, config_problem
 from streamcqrs.streams.envelope import Entry, as_str
 from streamcqrs.streams.errors import InvalidTransition, NotOwner
 from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.scripts import script
 from streamcqrs.streams.server import redact
 from streamcqrs.streams.statuses import CLAIMABLE, Status
 
@@ -263,7 +264,8 @@ class Bot:
             if not room:
                 break
             try:
-                found = await read_group(
+                reader = read_in_turn if source.ordered else read_group
+                found = await reader(
                     self.client, source, self.consumer, count=room, block_ms=self.config.block_ms
                 )
                 pause = 0.1
@@ -638,4 +640,25 @@ async def read_group(
     return out
 
 
-__all__ = ["Bot", "read_group"]
+async def read_in_turn(
+    client: redis.asyncio.Redis, source: Source, consumer: str, *, count: int, block_ms: int
+) -> list[Entry]:
+    """Read new entries of an ordered ``source``, taking each object's turn in stream order.
+
+    An entry whose object's turn another record holds is parked behind it by the script and
+    not returned. With nothing new, waits (XREAD, up to ``block_ms``) for the next entry.
+    """
+    part, kind, concern = source.part, source.ref.kind, source.group
+    keys = [source.key, part.order_turns(kind, concern), part.order_waiting(kind, concern),
+            part.order_queue(kind, concern)]  # fmt: skip
+    found, read, last = await script("read_in_turn").run(client, keys, [concern, consumer, count])
+    if not read:
+        await client.xread({source.key: last}, count=1, block=block_ms)
+    out: list[Entry] = []
+    for entry_id, flat in found:
+        it = iter(flat)
+        out.append((entry_id, dict(zip(it, it, strict=True))))
+    return out
+
+
+__all__ = ["Bot", "read_group", "read_in_turn"]

@@ -51,9 +51,11 @@ def client(app: App, subsystem: str) -> acl.Role:
 def bot(app: App) -> acl.Role:
     """The user the app's bot processes connect as: exactly what the handlers declared."""
     parts: list[acl.Grants] = []
-    for source, concern in sorted(app.groups()):
+    groups = app.groups()
+    for source, concern in sorted(groups):
         keys = _keys(app, source.subsystem)
-        parts.append(acl.consume(keys, source.kind, concern))
+        ordered = groups[(source, concern)][0].ordered
+        parts.append(acl.consume(keys, source.kind, concern, ordered=ordered))
         # Bad input goes to the source subsystem's dead-letter stream, once per entry however
         # many concerns read it (a put with OnExisting.SKIP: dedupe reads the index).
         parts.append(acl.put(keys, Kind.DEAD_LETTERS, dedupe=True, prune=False, delay=False))

@@ -62,6 +62,9 @@ class Delivery:
     """Taken over from a consumer that died or hung (XAUTOCLAIM), not read new."""
     policy: ExecutionPolicy | None = None
     """The execution policy the entry carries (None: the bot's settings)."""
+    holds_turn: bool = False
+    """It took its object's turn when read (an ordered source): settled for good, it hands
+    the turn on to the next entry of its object."""
 
     @property
     def entry_id(self) -> str:
@@ -90,6 +93,8 @@ class Source:
     """The stream id its consumer group starts after when it is created."""
     broadcast: bool = False
     """A group per bot process (``for_process``); no handling status is kept."""
+    ordered: bool = False
+    """Each object's entries in stream order, one at a time (read with ``read_in_turn``)."""
     group: str = ""
     """The consumer group: the concern, or for broadcast ``concern.<consumer>``."""
     key: str = field(init=False)
@@ -110,10 +115,19 @@ class Source:
     def __str__(self) -> str:
         return self.name
 
-    def classify(  # noqa: PLR0911 - one return per verdict, in the order they are decided
+    def classify(self, entry_id: str, raw: dict[bytes, bytes], consumer: str) -> Delivery:
+        """Decide what to do with one raw entry read by ``consumer`` (never raises)."""
+        delivery = self._classify(entry_id, raw, consumer)
+        if self.ordered:  # what read_in_turn.lua took a turn for, whatever the verdict
+            only = raw.get(CONCERN_FIELD)
+            delivery.holds_turn = bool(
+                raw.get(b"id") and raw.get(b"obj") and (not only or only == self.group.encode())
+            )
+        return delivery
+
+    def _classify(  # noqa: PLR0911 - one return per verdict, in the order they are decided
         self, entry_id: str, raw: dict[bytes, bytes], consumer: str
     ) -> Delivery:
-        """Decide what to do with one raw entry read by ``consumer`` (never raises)."""
         kind = self.ref.kind
         try:
             envelope = parse(self.key, entry_id, raw)
@@ -171,7 +185,7 @@ def sources(app: App, only: tuple[str, ...] = ()) -> list[Source]:
             skipped = frozenset(others - set(by_class))
             first = specs[0]
             source = Source(ref, concern, part, keys, by_class, app.types, skipped,
-                            first.start_from(), first.broadcast)  # fmt: skip
+                            first.start_from(), first.broadcast, first.ordered)  # fmt: skip
             out.append(source)
     return out
 

@@ -76,6 +76,8 @@ class HandlerSpec:
     """Where a new consumer group starts (see ``App.handler``); None: by stream kind."""
     broadcast: bool = False
     """Every bot process gets every entry (a group per process), and no status is kept."""
+    ordered: bool = False
+    """Each object's entries are handled one at a time, in stream order, across retries."""
 
     def may_write(self, target: StreamRef) -> bool:
         """True if the handler declared ``target`` among its outputs."""
@@ -152,6 +154,7 @@ class App:
         name: str | None = None,
         start: Start = None,
         broadcast: bool = False,
+        ordered: bool = False,
     ) -> Callable[[F], F]:
         """Register a function as the handler of ``message_types`` arriving on ``stream``.
 
@@ -163,7 +166,10 @@ class App:
         operation stream, now on an event stream; see ``HandlerSpec.start_from``).
         ``broadcast``: every bot process gets every entry (cache invalidation, replica
         sync), through a group of its own that is removed when the process is gone; such a
-        handler keeps no handling status.
+        handler keeps no handling status. ``ordered``: the entries of one object (the
+        envelope's object id) are handled one at a time and in stream order, across retries:
+        while one is being retried, later entries of its object wait behind it (other
+        objects go on). Costs a script call per read and a hash field per object in flight.
         """
         if not message_types:
             raise HandlerError("a handler must name at least one message type it handles")
@@ -184,8 +190,14 @@ class App:
                 is_async=inspect.iscoroutinefunction(fn),
                 start=start,
                 broadcast=broadcast,
+                ordered=ordered,
             )
             spec.start_from()  # a bad start fails here, not in the bot
+            if ordered and broadcast:
+                raise HandlerError(
+                    f"{spec.name}: ordered=True needs a shared consumer group; a broadcast "
+                    "concern has one per process (drop one of the two)"
+                )
             for known in self.handlers:
                 if (
                     known.source == spec.source
@@ -197,11 +209,12 @@ class App:
                         f"{source} for concern {spec.concern!r}; give one another concern"
                     )
                 same_group = known.source == spec.source and known.concern == spec.concern
-                if same_group and (known.start, known.broadcast) != (start, broadcast):
+                declared = (known.start, known.broadcast, known.ordered)
+                if same_group and declared != (start, broadcast, ordered):
                     raise HandlerError(
                         f"{spec.name} and {known.name} share the consumer group {spec.concern!r} "
-                        f"on {source} but not its start or broadcast; declare the same, or give "
-                        "one another concern"
+                        f"on {source} but not its start, broadcast or ordered; declare the same, "
+                        "or give one another concern"
                     )
             self.handlers.append(spec)
             return fn

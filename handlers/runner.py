@@ -153,17 +153,20 @@ class Runner:
                 log.info("version conflict; running the handler again", error=str(exc))
             except InvalidTransition as exc:
                 log.warning("record was already settled; acking this copy", error=str(exc))
-                ack = Attempt(self._commit(d), None)
+                ack = _settled(d, Attempt(self._commit(d), None))
                 await commit(ack.commit)
                 return ack
         conflict = ConcurrencyConflict("", -1, -1)
         conflict.args = (f"version conflict on {self.policy.conflict_retries + 1} runs in a row",)
-        failed = self.failure(d, log, conflict)
+        failed = _settled(d, self.failure(d, log, conflict))
         await commit(failed.commit)
         return failed
 
-    async def attempt(self, d: Delivery, log: Any) -> Attempt:  # noqa: PLR0911 - one per outcome
+    async def attempt(self, d: Delivery, log: Any) -> Attempt:
         """Run the handler (if the delivery is to be handled) and build its commit."""
+        return _settled(d, await self._attempt(d, log))
+
+    async def _attempt(self, d: Delivery, log: Any) -> Attempt:  # noqa: PLR0911 - one per outcome
         if d.verdict is Verdict.SKIP:
             return Attempt(self._commit(d), None)
         if d.verdict is Verdict.DEAD:
@@ -291,4 +294,16 @@ class Runner:
         return Attempt(commit, None, error=error)
 
 
-__all__ = ["PERMANENT", "Attempt", "CommitFn", "Expired", "RetryPolicy", "Runner"]
+KEEPS_TURN = frozenset({Action.RETRY, Action.SELF_CANCEL})
+"""Outcomes after which the record comes back: its object's turn stays with it."""
+
+
+def _settled(d: Delivery, attempt: Attempt) -> Attempt:
+    """An entry holding its object's turn (an ordered source) that is settled for good hands
+    the turn on in the same commit."""
+    if d.holds_turn and attempt.outcome not in KEEPS_TURN:
+        attempt.commit.release_turn()
+    return attempt
+
+
+__all__ = ["KEEPS_TURN", "PERMANENT", "Attempt", "CommitFn", "Expired", "RetryPolicy", "Runner"]

@@ -56,6 +56,10 @@ DELAYED_COMMANDS = ("zadd", "zrangebyscore", "zscore", "zrem", "zcard")
 """What a consumer does on its input's delayed set: park retries, take due entries."""
 FLAG_COMMANDS = ("hget", "hmget", "hgetall", "hexists")
 """What a consumer does on the disable switches: read them (operators set them)."""
+TURN_COMMANDS = ("hget", "hset", "hdel")
+"""What an ordered consumer does on its objects' turns: who holds each."""
+PARKED_COMMANDS = ("xadd", "xrange", "xdel", "zadd", "zrangebylex", "zrem")
+"""What an ordered consumer does on its parked entries: park, find the next, take it back."""
 AGGREGATE_READ_COMMANDS = ("llen", "lindex", "lrange")
 """What loading an aggregate does on its event list: its length (the version) and events."""
 
@@ -287,12 +291,14 @@ def read(keys: SubsystemKeys, kind: Kind) -> Grants:
     )
 
 
-def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
+def consume(keys: SubsystemKeys, kind: Kind, concern: str, *, ordered: bool = False) -> Grants:
     """Consume one stream kind for one concern: the group, the handling store, the delayed set.
 
     A consumer parks retries in its input's delayed set, and moves due delayed entries into
     the input (take from the set, put into the stream): the one write into its input it is
     granted. On a cluster its commits put output for other slots into its partition's outbox.
+    An ``ordered`` consumer also keeps its objects' turns and parked entries, puts a parked
+    entry back into its input when its turn comes, and waits for new entries with XREAD.
     """
     streams, handling, flags, delayed, outboxes = [], [], [], [], []
     for part in _parts(keys):
@@ -313,6 +319,21 @@ def consume(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
             grant(outboxes, Access.WRITE, ("xadd",), "cluster outbox of the input partition"),
         ),
     )
+    if ordered:
+        turns = [escape(p.order_turns(kind, concern)) for p in _parts(keys)]
+        parked = [
+            escape(key)
+            for p in _parts(keys)
+            for key in (p.order_waiting(kind, concern), p.order_queue(kind, concern))
+        ]
+        own += Grants(
+            frozenset(turns + parked),
+            (
+                grant(turns, Access.READ_WRITE, TURN_COMMANDS, f"turns of {where}/{concern}"),
+                grant(parked, Access.READ_WRITE, PARKED_COMMANDS, f"parked {where}/{concern}"),
+                grant(streams, Access.READ, ("xread",), f"wait for new entries of {where}"),
+            ),
+        )
     return own + mover
 
 

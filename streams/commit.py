@@ -449,6 +449,25 @@ class Commit:
         )  # fmt: skip
         self._context[field] = (concern, entry.action.value)
 
+    # -- order per object ---------------------------------------------------------------------
+
+    def release_turn(self) -> int:
+        """The input, settled for good, hands its object's turn to the next entry parked behind
+        it (a concern handled in order: ``read_in_turn``). Nothing if it does not hold it.
+
+        Names the record and object by the entry's raw fields, as the read script did, so
+        an entry that turned out undecodable still hands its turn on.
+        """
+        inp = self.input
+        if inp is None:
+            raise ConfigurationError("release_turn needs an input")
+        part, kind, concern = inp.part, inp.kind, inp.concern
+        return self._op(
+            "RELEASE", self._key(part.order_turns(kind, concern)), inp.raw.get(b"obj", b""),
+            inp.raw.get(b"id", b""), self._key(part.order_waiting(kind, concern)),
+            self._key(part.order_queue(kind, concern)), self._key(inp.stream), concern,
+        )  # fmt: skip
+
     # -- delayed entries and claims ----------------------------------------------------------
 
     def move_due(self, part: PartitionKeys, kind: Kind, member: bytes) -> None:

@@ -105,6 +105,18 @@ class PartitionKeys:
         """Hash: record id -> its handling status for one concern, then its history."""
         return f"{self.tag}:{kind}:handling:{check_concern(concern)}:status"
 
+    def order_turns(self, kind: Kind, concern: str) -> str:
+        """Hash: object id -> the record holding its turn, for a concern handled in order."""
+        return f"{self.tag}:{kind}:order:{check_concern(concern)}:turns"
+
+    def order_waiting(self, kind: Kind, concern: str) -> str:
+        """Stream: entries parked until their object's turn comes (a concern handled in order)."""
+        return f"{self.tag}:{kind}:order:{check_concern(concern)}:waiting"
+
+    def order_queue(self, kind: Kind, concern: str) -> str:
+        """Sorted set, by lex: one member per parked entry, its object's oldest first."""
+        return f"{self.tag}:{kind}:order:{check_concern(concern)}:queue"
+
     def handling_flags(self, kind: Kind) -> str:
         """Hash of stream-wide switches (disabled concerns) and per-record disables."""
         return f"{self.tag}:{kind}:handling:flags"

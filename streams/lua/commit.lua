@@ -44,6 +44,10 @@
 --          the put (of a snapshot, into the snapshots stream) happens only if, when it is
 --          applied, the aggregate is still at version (after this commit's own appends); a
 --          state that moved on is not stored. Replies like PUT, {false, 0} when skipped.
+--   RELEASE turns obj record waiting queue stream concern
+--          a record of a concern handled in order per object (read_in_turn.lua) is settled
+--          for good: if it holds obj's turn, the oldest entry parked behind it goes back into
+--          stream, for concern only, holding the turn; with none parked the turn is free.
 --   SETTLE hash record newstatus allowed entry
 --          a record's handling status for one concern: the hash field holds
 --          "<status>|<history entries, packed, oldest first>". Refused (STATUS) unless the
@@ -176,6 +180,9 @@ local function parse(code)
     end)
   elseif code == 'SNAPSHOT' then
     op.agg = key(); op.version = tonumber(nxt()); op.put = parse('PUT')
+  elseif code == 'RELEASE' then
+    op.hash = key(); op.obj = nxt(); op.record = nxt(); op.wait = key(); op.queue = key()
+    op.stream = key(); op.concern = nxt()
   elseif code == 'SETTLE' then
     op.hash = key(); op.record = nxt(); op.status = nxt(); op.allowed = nxt(); op.entry = nxt()
   elseif code == 'SWITCH' then
@@ -298,6 +305,40 @@ local function add(stream, index, tags, obj, fields, maxlen)
   return id
 end
 
+-- Hand obj's turn from a settled record to the oldest entry parked behind it (read_in_turn.lua
+-- parks them: members "obj \0 position \0 parked id", so a lex range is one object's queue).
+local function release(op)
+  if redis.call('HGET', op.hash, op.obj) ~= op.record then return 0 end
+  local prefix = op.obj .. '\0'
+  while true do
+    local member = redis.call('ZRANGEBYLEX', op.queue, '(' .. prefix, '(' .. op.obj .. '\1',
+      'LIMIT', 0, 1)[1]
+    if not member then
+      redis.call('HDEL', op.hash, op.obj)
+      return 0
+    end
+    redis.call('ZREM', op.queue, member)
+    local parked = string.sub(member, #prefix + 42)
+    local found = redis.call('XRANGE', op.wait, parked, parked)[1]
+    if found then
+      redis.call('XDEL', op.wait, parked)
+      local fields, record, concerned = found[2], nil, false
+      for n = 1, #fields, 2 do
+        if fields[n] == 'id' then record = fields[n + 1] end
+        if fields[n] == 'for' then concerned = true end
+      end
+      if not concerned then
+        fields[#fields + 1] = 'for'
+        fields[#fields + 1] = op.concern
+      end
+      redis.call('XADD', op.stream, '*', unpack(fields))
+      redis.call('HSET', op.hash, op.obj, record)
+      return 1
+    end
+    -- A parked entry an operator deleted: the next one in line takes the turn.
+  end
+end
+
 local apply
 apply = function(op)
   local code = op.code
@@ -343,6 +384,8 @@ apply = function(op)
   elseif code == 'SNAPSHOT' then
     if aggregate_state(op.agg) ~= op.version then return {false, 0} end
     return apply(op.put)
+  elseif code == 'RELEASE' then
+    return release(op)
   elseif code == 'SETTLE' then
     if not (op.done or op.replay) then
       redis.call('HSET', op.hash, op.record, op.status .. '|' .. op.history .. op.entry)
