@@ -46,6 +46,7 @@ from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
 from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.runner import Attempt, Runner
+from streamcqrs.streams._replies import group_missing
 from streamcqrs.streams._wire import fast_packing, send_all
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.connection import Settings, config_problem
@@ -271,7 +272,7 @@ class Bot:
                 pause = 0.1
                 await self._dispatch(source, found)
             except ResponseError as exc:
-                if not recovery.is_nogroup(exc):
+                if not group_missing(exc):
                     raise
                 self.log.warning("consumer group is gone; recreating it", source=str(source))
                 await self._ensure_group(source)
@@ -427,8 +428,9 @@ class Bot:
                     log.exception("could not handle; the entry stays pending for recovery")
                     continue
                 ran.append((delivery, attempt, log))
-            finished, todo = ran, [d for d in todo if all(d is not r for r, _, _ in ran)]
-            await self._finish(finished)
+            finished = {id(d) for d, _, _ in ran}  # _finish releases these; the rest below
+            todo = [d for d in todo if id(d) not in finished]
+            await self._finish(ran)
         finally:
             for delivery in todo:
                 self._release(delivery)
@@ -549,7 +551,7 @@ class Bot:
                                 self.client, source, idle_ms
                             )
             except ResponseError as exc:
-                if not recovery.is_nogroup(exc):
+                if not group_missing(exc):
                     self.log.error("recovery failed", error=str(exc))
                 # A missing group is recreated by its reader.
             except NETWORK_ERRORS as exc:

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio
-from redis.exceptions import ResponseError
 
 from streamcqrs.handlers.delivery import Source
-from streamcqrs.streams import entry_key
+from streamcqrs.streams import _replies, entry_key
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import Entry, as_str
 
@@ -29,25 +28,10 @@ RELEASED_IDLE_MS = 10**12
 """Idle time given to released entries: older than any visibility timeout."""
 
 
-def is_nogroup(exc: BaseException) -> bool:
-    """True for the server's answers about a missing group or stream.
-
-    NOGROUP: the group (or its stream) does not exist. UNBLOCKED: the stream was deleted
-    (FLUSHALL, DEL) while an XREADGROUP was blocked on it.
-    """
-    return isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc))
-
-
 async def ensure_group(client: redis.asyncio.Redis, source: Source) -> bool:
     """Create the source's consumer group (and stream) where its handlers start (``"0"``: the
     beginning, ``"$"``: now, or after an id); True if it was created."""
-    try:
-        await client.xgroup_create(source.key, source.group, id=source.start_from, mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" in str(exc):
-            return False
-        raise
-    return True
+    return await _replies.ensure_group(client, source.key, source.group, source.start_from)
 
 
 async def take_over(
@@ -167,7 +151,6 @@ __all__ = [
     "RELEASED_IDLE_MS",
     "delivery_counts",
     "ensure_group",
-    "is_nogroup",
     "keep",
     "release",
     "remove_dead_consumers",

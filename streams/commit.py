@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
 from streamcqrs.streams._ids import now_ms
+from streamcqrs.streams._replies import permission_refused
 from streamcqrs.streams._wire import send_all
 from streamcqrs.streams.deadletter import KIND as DEAD
 from streamcqrs.streams.deadletter import DeadLetter, dead_letter
@@ -553,8 +554,7 @@ class Commit:
 
     def error(self, text: str) -> Exception:
         """The framework error a refusal (or the server's error text) means."""
-        # How servers word an ACL refusal: of a command, inside a script, of a key.
-        if any(mark in text for mark in ("NOPERM", "ACL failure", "No permissions")):
+        if permission_refused(text):
             return PermissionDenied(
                 f"the server refused this commit for the connection's ACL user: {text}; "
                 "grant the user the keys its handlers declare (streamcqrs acl MODULE:APP)"

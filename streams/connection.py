@@ -16,11 +16,12 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.streams._replies import login_refused, no_such_database
 from streamcqrs.streams.errors import ServerUnavailable
 from streamcqrs.streams.server import NO_SERVER_HINT, redact, resolve_url
 
@@ -36,12 +37,12 @@ def config_problem(error: BaseException, url: str) -> ConfigurationError | None:
     that is down may come back).
     """
     where = redact(url)
-    if isinstance(error, AuthenticationError) or "WRONGPASS" in str(error):
+    if login_refused(error):
         return ConfigurationError(
             f"the server at {where} refused the login: {error}; check --username / "
             "REDIS_USERNAME and REDIS_PASSWORD"
         )
-    if isinstance(error, ResponseError) and "DB index is out of range" in str(error):
+    if no_such_database(error):
         return ConfigurationError(
             f"the server at {where} has no such database ({error}); use a database number "
             "it has (0-15 unless its 'databases' setting says more), e.g. .../0"

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import redis
 from redis.exceptions import ResponseError
 
+from streamcqrs.streams._replies import group_exists, group_missing
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -87,13 +88,12 @@ def groups_command(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 client.xgroup_setid(key, args.group, id=args.start)
         except ResponseError as exc:
-            text = str(exc)
-            if "BUSYGROUP" in text:
+            if group_exists(exc):
                 raise CommandError(
                     f"group {args.group!r} already exists on {key}; move it instead: "
                     f"streamcqrs groups move {subsystem}/{kind} {args.group} --from ..."
                 ) from None
-            if "NOGROUP" in text or "no such key" in text.lower():
+            if group_missing(exc):
                 raise CommandError(
                     f"group {args.group!r} does not exist on {key}; create it: "
                     f"streamcqrs groups create {subsystem}/{kind} {args.group} --from ..."
