@@ -27,6 +27,7 @@ _HOMES = {
     "Context": "streamcqrs.handlers",
     "Fail": "streamcqrs.handlers",
     "NotYet": "streamcqrs.handlers",
+    "Resources": "streamcqrs.handlers",
     "Retry": "streamcqrs.handlers",
     # Producers and readers
     "OnExisting": "streamcqrs.streams",
@@ -46,6 +47,7 @@ __all__ = [
     "NotYet",
     "OnExisting",
     "Operation",
+    "Resources",
     "Retry",
     "Settings",
     "StreamCQRSError",
@@ -71,5 +73,5 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from streamcqrs.domain import Aggregate, Event, Message, Operation, message
     from streamcqrs.domain.errors import StreamCQRSError
-    from streamcqrs.handlers import App, Context, Fail, NotYet, Retry
+    from streamcqrs.handlers import App, Context, Fail, NotYet, Resources, Retry
     from streamcqrs.streams import OnExisting, Settings, Subsystem

@@ -42,7 +42,9 @@ from streamcqrs.bots.committer import Committer, Result
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.delayed import Mover
 from streamcqrs.bots.logging import entry_logger, get_logger
+from streamcqrs.bots.observe import Observer
 from streamcqrs.domain.errors import ConcurrencyConflict
+from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
 from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.runner import Attempt, Runner
@@ -56,6 +58,7 @@ from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.scripts import script
 from streamcqrs.streams.server import redact
 from streamcqrs.streams.statuses import CLAIMABLE, Status
+from streamcqrs.streams.tracing import trace_id
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 SILENCE_TIMEOUT = 30.0
@@ -69,7 +72,12 @@ class Bot:
     """One process's worth of consumers for ``app`` (see the module docstring)."""
 
     def __init__(
-        self, app: App, config: BotConfig, client: redis.asyncio.Redis | None = None
+        self,
+        app: App,
+        config: BotConfig,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        observer: Observer | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -98,6 +106,11 @@ class Bot:
         # Plain ``def`` handlers run here, not in asyncio's default executor: on shutdown a
         # handler still blocking past the grace period must not hold the process.
         self._threads = ThreadPoolExecutor(config.concurrency, thread_name_prefix="handler")
+        self.resources = lifecycle.Resources()
+        """What the app's startup hooks made in this process; handlers get it as
+        ``ctx.resources``."""
+        self.observer = observer or _observer(config)
+        """Told of every committed delivery (metrics, commit spans): ``bots.observe``."""
         self.runner = Runner(
             self.client,
             keys_of,
@@ -105,6 +118,7 @@ class Bot:
             actor=self.consumer,
             executor=self._threads,
             home=(lambda d: d.source.part) if config.cluster else None,
+            resources=self.resources,
         )
         self.committer = Committer(self.client, by_slot=config.cluster)
         self.mover = Mover(
@@ -138,6 +152,14 @@ class Bot:
             self.log.warning("no handlers to run", only=list(self.config.only))
         for source in [*self.sources, *self._groups]:
             await self._ensure_group(source)
+        await lifecycle.start(self.app.startup, self.resources)
+        try:
+            await self._consume()
+        finally:
+            await lifecycle.stop(self.app.shutdown, self.resources, self.log)
+
+    async def _consume(self) -> None:
+        """Read, handle and commit until ``stop``; then drain in-flight work."""
         self.log.info("started", sources=[str(s) for s in self.sources])
         committer = asyncio.create_task(self.committer.run())
         background = [
@@ -381,12 +403,17 @@ class Bot:
 
     def _log_for(self, delivery: Delivery) -> Any:
         envelope = delivery.input.envelope
+        traced = trace_id(envelope.trace) if envelope else ""
         return entry_logger(
             self.log,
             subsystem=delivery.source.ref.subsystem,
             stream=delivery.source.key,
             message_id=delivery.message_id,
             correlation_id=envelope.correlation_id if envelope else "",
+            handler=delivery.spec.name if delivery.spec else "",
+            type=envelope.type if envelope else "",
+            attempt=delivery.attempt,
+            **({"trace_id": traced} if traced else {}),
         )
 
     # -- handling ----------------------------------------------------------------------------
@@ -452,8 +479,10 @@ class Bot:
     async def _finish(self, ran: list[tuple[Delivery, Attempt, Any]]) -> None:
         """Commit attempts together, settle what each result says, release their entries."""
         try:
+            sent = time.time_ns()
             results = await self._commit_all([attempt.commit for _, attempt, _ in ran])
-            for (delivery, _, log), result in zip(ran, results, strict=True):
+            answered = time.time_ns()
+            for (delivery, attempt, log), result in zip(ran, results, strict=True):
                 if isinstance(result, (ConcurrencyConflict, InvalidTransition)):
                     await self._settle_alone(delivery, log)  # re-run, or ack a settled copy
                 elif isinstance(result, NotOwner):
@@ -461,8 +490,10 @@ class Bot:
                 elif isinstance(result, Exception):
                     log.error("could not commit; the entry stays pending for recovery",
                               error=str(result))  # fmt: skip
-                elif delivery.verdict is Verdict.HANDLE:
-                    self.handled += 1
+                else:
+                    attempt.commit_ns = (sent, answered)
+                    self.observer.settled(delivery, attempt)
+                    self.handled += delivery.verdict is Verdict.HANDLE
         finally:
             for delivery, _, _ in ran:
                 self._release(delivery)
@@ -470,7 +501,8 @@ class Bot:
     async def _settle_alone(self, delivery: Delivery, log: Any) -> None:
         """The one-delivery way: run again after a conflict, or ack an already settled copy."""
         try:
-            await self.runner.handle(delivery, self._commit, log)
+            attempt = await self.runner.handle(delivery, self._commit, log)
+            self.observer.settled(delivery, attempt)
             self.handled += delivery.verdict is Verdict.HANDLE
         except NotOwner:
             log.warning("entry was taken over by another consumer; dropping this result")
@@ -501,10 +533,11 @@ class Bot:
         try:
             if holds_slot:
                 async with self._slots:
-                    await self.runner.handle(delivery, self._commit, log)
+                    attempt = await self.runner.handle(delivery, self._commit, log)
                 self.handled += 1
             else:
-                await self.runner.handle(delivery, self._commit, log)
+                attempt = await self.runner.handle(delivery, self._commit, log)
+            self.observer.settled(delivery, attempt)
         except NotOwner:
             log.warning("entry was taken over by another consumer; dropping this result")
         except asyncio.CancelledError:
@@ -614,6 +647,15 @@ class _Rest:
                 yielded = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+
+
+def _observer(config: BotConfig) -> Observer:
+    """The observer ``config`` asks for: counting for Prometheus when metrics are on."""
+    if not config.metrics:
+        return Observer()
+    from streamcqrs.bots.metrics import Metrics
+
+    return Observer(Metrics())
 
 
 async def read_group(

@@ -1,7 +1,8 @@
 """How a bot runs: concurrency, batching, timeouts, retries. One frozen value per process.
 
 The defaults suit a production worker; tests shorten the timeouts through the same options
-the CLI exposes (``--visibility-timeout 1``).
+the CLI exposes (``--visibility-timeout 1``). ``bots.settings`` reads each from the
+environment (``STREAMCQRS_CONCURRENCY``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class BotConfig:
     """Seconds a consumer with nothing pending may stay idle before it is removed."""
     cluster: bool = False
     """Route outputs bound for other hash tags through the partition's outbox."""
+    metrics: bool = False
+    """Count deliveries and time handlers and commits for Prometheus (``bots.metrics``)."""
     index: int = 0
     """This process's number under the supervisor (part of its consumer names)."""
     consumer: str = field(default="")

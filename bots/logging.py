@@ -1,8 +1,9 @@
 """Structured logs for bot processes: JSON lines when piped, readable console on a terminal.
 
-Every line a bot writes about an entry is bound with subsystem, stream, message id and
-correlation id (see ``entry_logger``), so one conversation can be followed across bots with
-a grep on its correlation id.
+Every line a bot writes about an entry is bound with subsystem, stream, message id,
+correlation id, the handler, the message type and the attempt, and the trace id when the
+entry carries trace context (see ``entry_logger``), so one conversation can be followed
+across bots with a grep on its correlation or trace id.
 
 The supervisor and its workers share one stdout (the file or pipe they were started with), so
 each line goes out in one write, newline included: written in two (the message, then the
@@ -51,9 +52,16 @@ def get_logger(**bound: Any) -> Any:
 
 
 def entry_logger(
-    base: Any, *, subsystem: str, stream: str, message_id: str, correlation_id: str
+    base: Any,
+    *,
+    subsystem: str,
+    stream: str,
+    message_id: str,
+    correlation_id: str,
+    **more: Any,
 ) -> Any:
-    """``base`` bound with the four fields every line about one entry carries.
+    """``base`` bound with the fields every line about one entry carries, and ``more``
+    (the bot adds handler, type, attempt and trace_id).
 
     Bound when the first line is written: most entries are handled without logging, and
     binding costs a few microseconds per entry.
@@ -65,6 +73,7 @@ def entry_logger(
             "stream": stream,
             "message_id": message_id,
             "correlation_id": correlation_id or message_id,
+            **more,
         },
     )
 

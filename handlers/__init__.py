@@ -1,7 +1,8 @@
 """What user code plugs into: handler declarations, the handler context, control flow."""
 
 from streamcqrs.handlers.context import AppendOutput, Context, Output, PutOutput
-from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry
+from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry, StartupFailed
+from streamcqrs.handlers.lifecycle import Resources
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "NotYet",
     "Output",
     "PutOutput",
+    "Resources",
     "Retry",
+    "StartupFailed",
     "StreamRef",
 ]

@@ -22,6 +22,7 @@ from streamcqrs.domain.messages import Event, Message
 from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import TypeRegistry
 from streamcqrs.handlers.errors import HandlerError
+from streamcqrs.handlers.lifecycle import Resources
 from streamcqrs.handlers.registry import HandlerSpec, StreamRef
 from streamcqrs.streams import now_ms, to_ms
 from streamcqrs.streams.aggregates import AggregateStore, snapshot_envelope
@@ -100,6 +101,8 @@ class Context:
         keys_of: Mapping[str, SubsystemKeys],
         types: TypeRegistry,
         logger: Any = None,
+        resources: Resources | None = None,
+        trace: str = "",
     ) -> None:
         self.spec = spec
         self.envelope = envelope
@@ -107,6 +110,10 @@ class Context:
         self.attempt = attempt
         self.client = client
         self.types = types
+        self.resources = resources if resources is not None else Resources()
+        """What the app's ``on_startup`` hooks made in this process (``handlers.lifecycle``)."""
+        self.trace = trace or envelope.trace
+        """The ``traceparent`` outputs carry: the handler's span, else the input's."""
         self._keys_of = keys_of
         self.outputs: list[Output] = []
         self._appends: dict[tuple[str, str], AppendOutput] = {}
@@ -161,6 +168,7 @@ class Context:
             causation_id=self.envelope.message_id,
             message_id=message_id or self._next_message_id(),
             types=self.types,
+            trace=self.trace,
         )
 
     def _check_write(self, target: StreamRef) -> None:
@@ -292,6 +300,7 @@ class Context:
             tags=as_tags(tags),
             correlation_id=self.correlation_id,
             causation_id=self.envelope.message_id,
+            trace=self.trace,
         )
         self.outputs.append(
             PutOutput(ref, self.keys(ref.subsystem), envelope, OnExisting.for_view(keep), keep)

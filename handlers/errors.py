@@ -14,6 +14,10 @@ class HandlerError(StreamCQRSError):
     """A handler is declared wrongly, or used a stream it did not declare."""
 
 
+class StartupFailed(HandlerError):
+    """A startup hook raised: the worker does not start (its supervisor starts it again)."""
+
+
 class Retry(StreamCQRSError):
     """Raise from a handler to have its message handled again after ``delay`` seconds.
 
@@ -51,4 +55,4 @@ class Fail(StreamCQRSError):
         self.reason = reason
 
 
-__all__ = ["Fail", "HandlerError", "NotYet", "Retry"]
+__all__ = ["Fail", "HandlerError", "NotYet", "Retry", "StartupFailed"]

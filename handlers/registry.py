@@ -24,13 +24,15 @@ from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.handlers.errors import HandlerError
-
-if TYPE_CHECKING:
-    from streamcqrs.handlers.saga import Saga
+from streamcqrs.handlers.lifecycle import Hook
 from streamcqrs.streams.keys import Kind, check_concern
 from streamcqrs.streams.subsystem import parse_stream
 
+if TYPE_CHECKING:
+    from streamcqrs.handlers.saga import Saga
+
 F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", bound=Hook)
 Start = Literal["now", "beginning"] | datetime | None
 """Where a new consumer group starts reading its stream."""
 FACT_KINDS = frozenset({Kind.EVENTS, Kind.VIEWS, Kind.SNAPSHOTS})
@@ -123,6 +125,10 @@ class App:
     partitions: dict[str, int] = field(default_factory=dict)
     handlers: list[HandlerSpec] = field(default_factory=list)
     ignored: dict[StreamRef, set[type[Message]]] = field(default_factory=dict)
+    startup: list[Hook] = field(default_factory=list)
+    """Hooks each bot process runs before it reads (``on_startup``)."""
+    shutdown: list[Hook] = field(default_factory=list)
+    """Hooks each bot process runs after its work is drained (``on_shutdown``)."""
 
     @classmethod
     def load(cls, spec: str) -> App:
@@ -134,6 +140,21 @@ class App:
         close, "did you mean ...?".
         """
         return load_app(spec)
+
+    def on_startup(self, hook: H) -> H:
+        """Run ``hook(resources)`` in each bot process before it reads anything.
+
+        What it puts into ``resources`` (an HTTP client, a pool) handlers get as
+        ``ctx.resources[name]``; see ``handlers.lifecycle``.
+        """
+        self.startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: H) -> H:
+        """Run ``hook(resources)`` in each bot process after its work is drained (close what
+        ``on_startup`` opened); shutdown hooks run in reverse order."""
+        self.shutdown.append(hook)
+        return hook
 
     def subsystem(self, name: str, *, partitions: int = 1) -> None:
         """Declare a subsystem's partition count (default 1)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -40,12 +41,14 @@ from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.handlers.context import Context
 from streamcqrs.handlers.delivery import Delivery, Verdict
 from streamcqrs.handlers.errors import Fail, HandlerError, NotYet, Retry
+from streamcqrs.handlers.lifecycle import Resources
 from streamcqrs.streams import now_ms
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.deadletter import dead_letter
 from streamcqrs.streams.errors import EncodeError, InvalidTransition
 from streamcqrs.streams.keys import PartitionKeys, SubsystemKeys
 from streamcqrs.streams.statuses import Action
+from streamcqrs.streams.tracing import Span, tracer
 
 
 class Expired(Fail):
@@ -111,6 +114,12 @@ class Attempt:
     context: Context | None = None
     error: BaseException | None = None
     """What the handler raised (Retry, NotYet, Fail or a failure), if anything."""
+    seconds: float = 0.0
+    """How long the handler ran (0: it did not run)."""
+    trace: str = ""
+    """The ``traceparent`` of the handler's span (the input's when tracing is off)."""
+    commit_ns: tuple[int, int] = (0, 0)
+    """When its commit was sent and answered (``time.time_ns``), set by whoever committed."""
 
 
 class Runner:
@@ -125,6 +134,7 @@ class Runner:
         actor: str,
         executor: Executor | None = None,
         home: Callable[[Delivery], PartitionKeys | None] | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.client = client
         self.keys_of = keys_of
@@ -133,6 +143,8 @@ class Runner:
         self.executor = executor
         """Where plain ``def`` handlers run (None: asyncio's default executor)."""
         self._home = home
+        self.resources = resources if resources is not None else Resources()
+        """What the app's startup hooks made; handlers get it as ``ctx.resources``."""
 
     def _commit(self, d: Delivery) -> Commit:
         return Commit(d.input, home=self._home(d) if self._home else None)
@@ -147,7 +159,9 @@ class Runner:
         for _ in range(self.policy.conflict_retries + 1):
             attempt = await self.attempt(d, log)
             try:
+                sent = time.time_ns()
                 await commit(attempt.commit)
+                attempt.commit_ns = (sent, time.time_ns())
                 return attempt
             except ConcurrencyConflict as exc:
                 log.info("version conflict; running the handler again", error=str(exc))
@@ -166,7 +180,7 @@ class Runner:
         """Run the handler (if the delivery is to be handled) and build its commit."""
         return _settled(d, await self._attempt(d, log))
 
-    async def _attempt(self, d: Delivery, log: Any) -> Attempt:  # noqa: PLR0911 - one per outcome
+    async def _attempt(self, d: Delivery, log: Any) -> Attempt:
         if d.verdict is Verdict.SKIP:
             return Attempt(self._commit(d), None)
         if d.verdict is Verdict.DEAD:
@@ -180,6 +194,26 @@ class Runner:
                 "without yielding); fix the handler, then retry the dead letter"
             )
             return self.failure(d, log, crash)
+        assert d.spec is not None and d.input.envelope is not None
+        span = _handler_span(d) if tracer() is not None else None
+        clock = time.perf_counter()
+        try:
+            attempt = await self._run(d, log if span is None else log.bind(trace_id=span.trace_id),
+                                      span.traceparent if span else "")  # fmt: skip
+        except BaseException as exc:  # cancelled (a stop past the grace period)
+            if span is not None:
+                span.fail(exc)
+                span.end()
+            raise
+        attempt.seconds = time.perf_counter() - clock
+        attempt.trace = d.input.envelope.trace
+        if span is not None:
+            attempt.trace = span.traceparent
+            span.outcome(attempt.outcome.value if attempt.outcome else "", attempt.error)
+        return attempt
+
+    async def _run(self, d: Delivery, log: Any, trace: str) -> Attempt:
+        """Run the handler of ``d`` with a fresh context; build its commit."""
         assert d.spec is not None and d.input.envelope is not None
         started = now_ms()
         policy = d.policy
@@ -195,6 +229,8 @@ class Runner:
             keys_of=self.keys_of,
             types=d.source.types,
             logger=log,
+            resources=self.resources,
+            trace=trace,
         )
         timeout = policy.timeout if policy is not None else None
         try:
@@ -304,6 +340,27 @@ def _settled(d: Delivery, attempt: Attempt) -> Attempt:
     if d.holds_turn and attempt.outcome not in KEEPS_TURN:
         attempt.commit.release_turn()
     return attempt
+
+
+def _handler_span(d: Delivery) -> Span | None:
+    """The span of one handler run, under the span that wrote its input."""
+    assert d.spec is not None and d.input.envelope is not None
+    span = Span.start(
+        f"handle {d.source.ref}",
+        parent=d.input.envelope.trace,
+        kind="consumer",
+        attributes={
+            "messaging.system": "redis",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": str(d.source.ref),
+            "messaging.consumer.group.name": d.source.concern,
+            "streamcqrs.handler": d.spec.name,
+            "streamcqrs.attempt": d.attempt,
+        },
+    )
+    if span is not None:
+        span.named(d.input.envelope)
+    return span
 
 
 __all__ = ["KEEPS_TURN", "PERMANENT", "Attempt", "CommitFn", "Expired", "RetryPolicy", "Runner"]

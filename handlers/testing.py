@@ -11,18 +11,24 @@
 delayed puts), so the next ``send`` sees the state the first one left. ``Retry``, ``NotYet``
 and a handler's own errors come out of ``send`` as raised, for the test to assert on.
 Pass a client on a real server instead of the in-memory one to test against it.
+
+Handlers that use ``ctx.resources`` get what the app's ``on_startup`` hooks make when the test
+runs them (``async with HandlerTest(app) as test:``, which runs the ``on_shutdown`` hooks at
+the end), or what the test hands in (``HandlerTest(app, resources={"http": fake})``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, TypeVar
 
 import redis.asyncio
 
 from streamcqrs.domain.aggregate import Aggregate
 from streamcqrs.domain.messages import Event, Message
+from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.context import AppendOutput, Context, PutOutput
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict
 from streamcqrs.handlers.errors import HandlerError
@@ -74,16 +80,40 @@ class HandlerTest:
         client: redis.asyncio.Redis | None = None,
         *,
         policy: RetryPolicy | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
+        self.resources = lifecycle.Resources(resources or {})
+        """What handlers get as ``ctx.resources``: given here, or made by ``start``."""
         self.client = client if client is not None else MemoryServer().client()
         self.keys_of: Mapping[str, SubsystemKeys] = {
             name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()
         }
         self._sent = 0
         self.runner = Runner(
-            self.client, self.keys_of, policy=policy or RetryPolicy(), actor="test"
-        )
+            self.client, self.keys_of, policy=policy or RetryPolicy(), actor="test",
+            resources=self.resources,
+        )  # fmt: skip
+
+    async def start(self) -> None:
+        """Run the app's ``on_startup`` hooks, as a bot process does before it reads."""
+        await lifecycle.start(self.app.startup, self.resources)
+
+    async def stop(self) -> None:
+        """Run the app's ``on_shutdown`` hooks, as a stopping bot process does."""
+        await lifecycle.stop(self.app.shutdown, self.resources)
+
+    async def __aenter__(self) -> HandlerTest:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
     def subsystem(self, name: str) -> Subsystem:
         """A subsystem on the test's client, to read what handlers wrote or to seed data."""

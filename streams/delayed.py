@@ -39,10 +39,12 @@ class Delayed:
             e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
             e.fmt, str(self.on_existing), self.keep,
         ]  # fmt: skip
-        if self.attempt or self.concern or self.policy:
+        if self.attempt or self.concern or self.policy or e.trace:
             fields += [self.attempt, self.concern]
-        if self.policy:
+        if self.policy or e.trace:
             fields.append(self.policy)
+        if e.trace:
+            fields.append(e.trace)  # last: the envelope's trace context
         return msgpack.packb(fields)
 
     @classmethod
@@ -58,5 +60,6 @@ class Delayed:
             type=type_, payload=payload, schema=schema, object_id=obj, message_id=mid,
             correlation_id=corr, causation_id=cause, created_at=at,
             tags=tuple((n, v) for n, v in tags), fmt=fmt,
+            trace=fields[16] if len(fields) > 16 else "",
         )  # fmt: skip
         return cls(kind, envelope, str(on_existing), keep, attempt, concern, bytes(policy))

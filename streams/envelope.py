@@ -14,6 +14,7 @@ An entry's fields (names kept short but readable in ``redis-cli XRANGE``):
 ``fmt``    ``m`` payload is msgpack of the model; ``j`` payload is JSON bytes (views)
 ``data``   the payload
 ``seq``    (aggregate events only) the aggregate's version after this event
+``trace``  W3C ``traceparent`` of the span that wrote it (absent: untraced)
 =======  ===============================================================
 """
 
@@ -34,8 +35,9 @@ from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams.errors import DecodeError, EncodeError
 
-FIELDS = ("id", "type", "schema", "obj", "corr", "cause", "at", "tags", "fmt", "data")
-"""The envelope's fields in the order every entry stores them (commit.lua keeps the same)."""
+FIELDS = ("id", "type", "schema", "obj", "corr", "cause", "at", "tags", "fmt", "data", "trace")
+"""The envelope's fields in the order every entry stores them (commit.lua keeps the same).
+The last, ``trace``, is sent and stored only when set."""
 Tags = tuple[tuple[str, str], ...]
 Entry = tuple[bytes, dict[bytes, bytes]]
 """One stream entry as XRANGE/XREAD return it on a client without decode_responses."""
@@ -70,10 +72,12 @@ class Envelope:
     tags: Tags = ()
     fmt: bytes = MSGPACK
     seq: int | None = None
+    trace: str = ""
+    """W3C ``traceparent`` of the span that wrote it (``streams.tracing``); empty: untraced."""
 
     def values(self) -> list[bytes | str | int]:
-        """The field values in ``FIELDS`` order (commit.lua names them)."""
-        return [
+        """The field values in ``FIELDS`` order (commit.lua names them); ``trace`` only if set."""
+        out: list[bytes | str | int] = [
             self.message_id,
             self.type,
             self.schema,
@@ -85,10 +89,14 @@ class Envelope:
             self.fmt,
             self.payload,
         ]
+        if self.trace:
+            out.append(self.trace)
+        return out
 
     def fields(self) -> list[bytes | str | int]:
         """The flat field/value list of the entry, as XADD writes it."""
-        return [item for pair in zip(FIELDS, self.values(), strict=True) for item in pair]
+        values = self.values()
+        return [item for pair in zip(FIELDS[: len(values)], values, strict=True) for item in pair]
 
     def entry(self) -> dict[bytes, bytes]:
         """The fields as a stream entry holds them, as XRANGE returns them."""
@@ -118,6 +126,7 @@ def encode(
     causation_id: str = "",
     message_id: str | None = None,
     types: TypeRegistry = registry,
+    trace: str = "",
 ) -> Envelope:
     """Wrap a registered message model in an envelope with a msgpack payload."""
     kind = types.of_class(type(message))
@@ -141,6 +150,7 @@ def encode(
         correlation_id=correlation_id,
         causation_id=causation_id,
         tags=tags,
+        trace=trace,
     )
 
 
@@ -152,6 +162,7 @@ def encode_view(
     tags: Tags = (),
     correlation_id: str = "",
     causation_id: str = "",
+    trace: str = "",
 ) -> Envelope:
     """Wrap a view (model, mapping, or ready JSON bytes) as JSON bytes an API returns raw."""
     if isinstance(view, bytes):
@@ -168,6 +179,7 @@ def encode_view(
         fmt=JSON,
         correlation_id=correlation_id,
         causation_id=causation_id,
+        trace=trace,
     )
 
 
@@ -197,6 +209,7 @@ def parse(stream: str, entry_id: str, raw: Mapping[bytes, bytes]) -> Envelope:
             tags=tags,
             fmt=raw[b"fmt"],
             seq=int(seq) if seq is not None else None,
+            trace=raw.get(b"trace", b"").decode(),
         )
     except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
         raise DecodeError(stream, entry_id, f"malformed envelope: {exc}") from exc

@@ -41,6 +41,7 @@ from streamcqrs.streams.envelope import (
 from streamcqrs.streams.errors import RoleError
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.scripts import script
+from streamcqrs.streams.tracing import put_span
 
 _WRITE_ONLY = frozenset({"put", "put_view", "next_id"})
 _READ_ONLY = frozenset({"read", "latest", "latest_raw", "by_tag", "subscribe", "length"})
@@ -114,6 +115,7 @@ class WriteOnlyStream(_Stream):
         correlation_id: str = "",
         causation_id: str = "",
         message_id: str | None = None,
+        trace: str = "",
     ) -> Envelope:
         """Wrap ``message`` for this stream (used by put; handy for batching)."""
         return encode(
@@ -124,6 +126,7 @@ class WriteOnlyStream(_Stream):
             causation_id=causation_id,
             message_id=message_id,
             types=self.types,
+            trace=trace,
         )
 
     async def put(
@@ -142,19 +145,24 @@ class WriteOnlyStream(_Stream):
     ) -> PutResult:
         """Put a message; with ``execute_earliest`` it enters the stream only when due.
 
-        ``policy`` (default: the operation class's ``policy``) travels with the entry.
+        ``policy`` (default: the operation class's ``policy``) travels with the entry. With
+        tracing on (``streams.tracing``), the put is a span and the entry names it.
         """
-        envelope = self.envelope(
-            message,
-            object_id=object_id,
-            tags=tags,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            message_id=message_id,
-        )
-        packed = ExecutionPolicy.packed_for(message, policy)
-        commit = self._put_commit(envelope, on_existing, keep, execute_earliest, packed)
-        return _result(envelope, (await commit.run(self.client))[0])
+        with put_span(self.name) as span:
+            envelope = self.envelope(
+                message,
+                object_id=object_id,
+                tags=tags,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                message_id=message_id,
+                trace=span.traceparent if span else "",
+            )
+            if span:
+                span.named(envelope)
+            packed = ExecutionPolicy.packed_for(message, policy)
+            commit = self._put_commit(envelope, on_existing, keep, execute_earliest, packed)
+            return _result(envelope, (await commit.run(self.client))[0])
 
     def _put_commit(
         self,
@@ -348,17 +356,22 @@ class SyncWriteOnlyStream:
         policy: ExecutionPolicy | None = None,
     ) -> PutResult:
         """Put a message (see ``WriteOnlyStream.put``)."""
-        envelope = self._inner.envelope(
-            message,
-            object_id=object_id,
-            tags=tags,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            message_id=message_id,
-        )
-        packed = ExecutionPolicy.packed_for(message, policy)
-        commit = self._inner._put_commit(envelope, on_existing, keep, execute_earliest, packed)
-        return _result(envelope, commit.run_sync(self.client)[0])
+        inner = self._inner
+        with put_span(inner.name) as span:
+            envelope = inner.envelope(
+                message,
+                object_id=object_id,
+                tags=tags,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                message_id=message_id,
+                trace=span.traceparent if span else "",
+            )
+            if span:
+                span.named(envelope)
+            packed = ExecutionPolicy.packed_for(message, policy)
+            commit = inner._put_commit(envelope, on_existing, keep, execute_earliest, packed)
+            return _result(envelope, commit.run_sync(self.client)[0])
 
     def put_view(
         self,

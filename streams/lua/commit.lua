@@ -18,7 +18,8 @@
 --          is written, the new owner commits instead), then acked.
 --   PUT    stream index byid ntag tag... strategy keep obj maxlen recent older token
 --          nvalue value... nextra extra...
---          values are the envelope's, in the order of ENVELOPE below; extra are more
+--          values are the envelope's, in the order of ENVELOPE below (the last, trace, only
+--          when the envelope has one: nvalue is 10 or 11); extra are more
 --          field/value pairs (a retry's attempt and concern).
 --          strategy: write | skip | raise | prune (keep the newest `keep` entries of obj; byid
 --          is the per-object zset prune uses, 0 otherwise). index 0 = no latest-by-id index.
@@ -75,7 +76,7 @@
 --   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
 --   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids).
 
-local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data'}
+local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data', 'trace'}
 
 local i = 1
 local K = {}
