@@ -1,19 +1,29 @@
-"""``streamcqrs run`` and ``streamcqrs status``: run an app's handlers, or report on its groups.
+"""``streamcqrs run``, ``status``, ``health`` and ``dashboard``: run an app's handlers, report on
+its groups, answer a readiness probe, or serve the operators' web dashboard.
 
-streamcqrs run myapp.bots:app --processes 4 --concurrency 64
+streamcqrs run myapp.bots:app --processes 4 --concurrency 64 --metrics-port 9100
 streamcqrs status myapp.bots:app
+streamcqrs health myapp.bots:app
+streamcqrs dashboard myapp.bots:app --port 8080
+
+Every option of ``run`` can come from the environment instead, ``STREAMCQRS_<OPTION>``
+(``bots.settings``); a flag given on the command line wins.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any, TextIO
 
+from streamcqrs.bots import health
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.logging import LEVELS, configure
+from streamcqrs.bots.settings import PREFIX, BotSettings, load
 from streamcqrs.streams.cli import add_connection_options
 
 DEFAULTS = BotConfig()
+SETTINGS = BotSettings.model_fields
 
 
 def at_least_one(text: str) -> int:
@@ -61,104 +71,121 @@ def add_parsers(commands: Any) -> None:
     run.add_argument(
         "--processes",
         type=at_least_one,
-        default=1,
+        default=None,
         metavar="N",
-        help="worker processes (default: %(default)s)",
+        help="worker processes (%(env)s)",
     )
     run.add_argument(
         "--concurrency",
         type=at_least_one,
-        default=DEFAULTS.concurrency,
+        default=None,
         metavar="N",
-        help="handlers in flight per process (default: %(default)s)",
+        help="handlers in flight per process (%(env)s)",
     )
     run.add_argument(
         "--batch",
         type=at_least_one,
-        default=DEFAULTS.batch,
+        default=None,
         metavar="N",
-        help="most entries per XREADGROUP (default: %(default)s)",
+        help="most entries per XREADGROUP (%(env)s)",
     )
     run.add_argument(
         "--only",
         nargs="+",
-        default=[],
+        default=None,
         metavar="SUBSYSTEM",
-        help="run only handlers whose input stream belongs to these subsystems",
+        help="run only handlers whose input stream belongs to these subsystems (%(env)s)",
     )
     run.add_argument(
         "--visibility-timeout",
         type=above_zero,
-        default=DEFAULTS.visibility_timeout,
+        default=None,
         metavar="SECONDS",
-        help="idle time after which another bot takes over a pending entry (default: %(default)s)",
+        help="idle time after which another bot takes over a pending entry (%(env)s)",
     )
     run.add_argument(
         "--max-attempts",
         type=at_least_one,
-        default=DEFAULTS.max_attempts,
+        default=None,
         metavar="N",
-        help="attempts before a failing record is Failed and dead-lettered (default: %(default)s)",
+        help="attempts before a failing record is Failed and dead-lettered (%(env)s)",
     )
     run.add_argument(
         "--retry-base",
         type=float,
-        default=DEFAULTS.retry_base,
+        default=None,
         metavar="SECONDS",
-        help="delay before the 2nd attempt, doubled per attempt (default: %(default)s)",
+        help="delay before the 2nd attempt, doubled per attempt (%(env)s)",
     )
     run.add_argument(
         "--retry-cap",
         type=float,
-        default=DEFAULTS.retry_cap,
+        default=None,
         metavar="SECONDS",
-        help="longest delay between attempts (default: %(default)s)",
+        help="longest delay between attempts (%(env)s)",
     )
     run.add_argument(
         "--grace",
         type=float,
-        default=DEFAULTS.grace,
+        default=None,
         metavar="SECONDS",
-        help="time in-flight handlers get to finish on stop (default: %(default)s)",
+        help="time in-flight handlers get to finish on stop (%(env)s)",
     )
     run.add_argument(
         "--block-ms",
         type=at_least_one,
-        default=DEFAULTS.block_ms,
+        default=None,
         metavar="MS",
-        help="longest wait of one XREADGROUP (default: %(default)s)",
+        help="longest wait of one XREADGROUP (%(env)s)",
     )
     run.add_argument(
         "--mover-interval",
         type=float,
-        default=DEFAULTS.mover_interval,
+        default=None,
         metavar="SECONDS",
-        help="longest pause of the delayed-entry mover (default: %(default)s)",
+        help="longest pause of the delayed-entry mover (%(env)s)",
     )
     run.add_argument(
         "--dead-consumer-after",
         type=float,
-        default=DEFAULTS.dead_consumer_after,
+        default=None,
         metavar="SECONDS",
-        help="remove consumers idle this long with nothing pending (default: %(default)s)",
+        help="remove consumers idle this long with nothing pending (%(env)s)",
     )
     run.add_argument(
         "--cluster",
         action="store_true",
-        help="Redis Cluster: route outputs for other slots through the outbox",
+        default=None,
+        help="Redis Cluster: route outputs for other slots through the outbox (%(env)s)",
     )
     run.add_argument(
         "--log-level",
         choices=LEVELS,
-        default="info",
-        help="least severe log level printed (default: %(default)s)",
+        default=None,
+        help="least severe log level printed (%(env)s)",
     )
     run.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
-        default="auto",
-        help="log lines as JSON or for people (default: JSON unless a terminal)",
+        default=None,
+        help="log lines as JSON or for people; auto: JSON unless a terminal (%(env)s)",
     )
+
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics and /health/live, /health/ready on this port, from "
+        "the supervisor, over every worker (%(env)s; 0: a free port, logged)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default=None,
+        metavar="ADDRESS",
+        help="address the metrics port listens on (%(env)s)",
+    )
+    _env_help(run)
 
     status = commands.add_parser(
         "status",
@@ -175,6 +202,22 @@ def add_parsers(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     run.set_defaults(func=run_command)
     status.set_defaults(func=status_command)  # fmt: skip
+    health.add_parsers(commands)
+    from streamcqrs.bots.dashboard.cli import add_parsers as add_dashboard
+
+    add_dashboard(commands)
+
+
+def _env_help(parser: argparse.ArgumentParser) -> None:
+    """Fill each option's ``%(env)s`` with its variable and default: ``$STREAMCQRS_X, else 64``."""
+    for action in parser._actions:
+        name = action.dest
+        if action.help and "%(env)s" in action.help and name in SETTINGS:
+            default = SETTINGS[name].default
+            shown = " ".join(default) if isinstance(default, tuple) else default
+            shown = "none" if shown in (None, "", ()) else shown
+            text = f"${PREFIX}{name.upper()}, else {shown}".replace("%", "%%")
+            action.help = action.help.replace("%(env)s", f"default: {text}")
 
 
 def _json_flag(choice: str) -> bool | None:
@@ -185,26 +228,17 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     """``run``: the supervisor and its workers, until SIGTERM/SIGINT; its exit status."""
     from streamcqrs.bots.supervisor import Supervisor
 
-    config = BotConfig(
-        url=args.url,
-        concurrency=args.concurrency,
-        batch=args.batch,
-        block_ms=args.block_ms,
-        only=tuple(args.only),
-        visibility_timeout=args.visibility_timeout,
-        max_attempts=args.max_attempts,
-        retry_base=args.retry_base,
-        retry_cap=args.retry_cap,
-        grace=args.grace,
-        mover_interval=args.mover_interval,
-        dead_consumer_after=args.dead_consumer_after,
-        cluster=args.cluster,
-    )
-    json = _json_flag(args.log_format)
-    configure(args.log_level, json=json)
+    given = {name: getattr(args, name, None) for name in SETTINGS}
+    if args.only is not None:
+        given["only"] = tuple(args.only)
+    settings = load(given)
+    config = replace(settings.config(), url=args.url)
+    json = _json_flag(settings.log_format)
+    configure(settings.log_level, json=json)
     supervisor = Supervisor(
-        args.app, config, processes=args.processes, log_level=args.log_level, json=json
-    )
+        args.app, config, processes=settings.processes, log_level=settings.log_level,
+        json=json, metrics_port=settings.metrics_port, metrics_host=settings.metrics_host,
+    )  # fmt: skip
     return supervisor.run()
 
 

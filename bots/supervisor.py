@@ -18,6 +18,11 @@ every worker running at that moment stopped cleanly.
 
 Each worker runs one Bot on its own event loop; SIGTERM/SIGINT make it stop reading, finish
 or release in-flight work, commit, and exit 0.
+
+With ``metrics_port`` the supervisor serves ``/metrics`` and ``/health/*`` from a thread
+(``bots.endpoint``): its workers write their counts into a directory of prometheus-client's
+multiprocess mode, made for this run and named to them in ``PROMETHEUS_MULTIPROC_DIR``
+before they start, and the supervisor reads the streams' figures from the server per scrape.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from types import FrameType
 
 from streamcqrs.bots.bot import Bot
 from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.endpoint import MULTIPROC_ENV, Endpoint, metrics_dir
 from streamcqrs.bots.logging import configure, get_logger
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.handlers.registry import App
@@ -109,11 +117,17 @@ class Supervisor:
         processes: int = 1,
         log_level: str = "info",
         json: bool | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
     ) -> None:
         if processes < 1:
             raise ConfigurationError(f"processes must be >= 1, got {processes}")
         self.app_spec = app_spec
-        self.config = config
+        self.config = replace(config, metrics=True) if metrics_port is not None else config
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.endpoint: Endpoint | None = None
+        """The /metrics and /health server, while it runs."""
         self.processes = processes
         self.log_level = log_level
         self.json = json
@@ -151,7 +165,8 @@ class Supervisor:
 
         ConfigurationError for a wrong app, ``--only`` or URL (form, database, login).
         """
-        check_only(App.load(self.app_spec), self.config.only)
+        app = App.load(self.app_spec)
+        check_only(app, self.config.only)
         private = given_url(self.config.url) is None
         url = resolve_url(self.config.url)
         if private:
@@ -168,7 +183,27 @@ class Supervisor:
                 "the server does not answer yet; the workers will keep trying",
                 url=redact(url), error=str(exc),
             )  # fmt: skip
+        if self.metrics_port is not None:
+            self.endpoint = self._serve_metrics(app, url, self.metrics_port)
         return url
+
+    def _serve_metrics(self, app: App, url: str, port: int) -> Endpoint:
+        """Start /metrics and /health; name the workers' multiprocess directory to them."""
+        from streamcqrs.bots.metrics import require
+
+        require()
+        directory = metrics_dir()
+        try:
+            endpoint = Endpoint(app, url, directory, host=self.metrics_host, port=port)
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise ConfigurationError(
+                f"cannot serve metrics on {self.metrics_host}:{port}: {exc}; pick another "
+                "--metrics-port (0 picks a free one)"
+            ) from None
+        os.environ[MULTIPROC_ENV] = str(directory)  # the workers, spawned after this, see it
+        self.log.info("serving metrics", url=f"http://{self.metrics_host}:{endpoint.port}/metrics")
+        return endpoint.start()
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
@@ -194,6 +229,9 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(self._wake_read)
             os.close(self._wake_write)
+            if self.endpoint is not None:
+                self.endpoint.close()
+                os.environ.pop(MULTIPROC_ENV, None)
 
     def _wait(self) -> None:
         """Block until a worker exits, a signal arrives, or a restart falls due."""
@@ -216,6 +254,8 @@ class Supervisor:
                 continue
             process.join(0)
             del self._workers[index]
+            if self.endpoint is not None and process.pid is not None:
+                self.endpoint.worker_gone(process.pid)
             lived = time.monotonic() - started
             if process.exitcode == CONFIG_ERROR:
                 self.log.error("worker stopped on a configuration error; stopping the others",

@@ -258,12 +258,19 @@ class BotProcess:
     Use as a context manager: whatever happens in the test, the group is killed at the end.
     """
 
-    def __init__(self, url: str, log: Path, *args: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        log: Path,
+        *args: str,
+        app: str = "tests.botapps:app",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
         self._out = log.open("ab")
-        command = [sys.executable, "-m", "streamcqrs", "run", "tests.botapps:app",
+        command = [sys.executable, "-m", "streamcqrs", "run", app,
                    "--url", url, *FAST, *args]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")} | (env or {})
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 takes the workers too

@@ -37,7 +37,7 @@ from examples.notification.messages import (
 from examples.notification.saga import DELIVERY, saga_id
 from streamcqrs.domain import Event, Message, new_message_id
 from streamcqrs.domain.errors import ConcurrencyConflict
-from streamcqrs.handlers import Context, PutOutput, Retry
+from streamcqrs.handlers import Context, PutOutput, Resources, Retry, lifecycle
 from streamcqrs.handlers.saga import (
     SagaDeadline,
     SagaEnded,
@@ -66,6 +66,13 @@ class Harness:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self.keys_of = {s: SubsystemKeys(s, app.partitions_of(s)) for s in app.subsystems()}
+        self.resources: Resources | None = None
+        """What the app's startup hooks made (the senders), once, on the first handle."""
+
+    async def close(self) -> None:
+        """Run the app's shutdown hooks if the startup hooks ran."""
+        if self.resources is not None:
+            await lifecycle.stop(app.shutdown, self.resources)
 
     async def handle(
         self,
@@ -82,13 +89,17 @@ class Harness:
         ``causation_id``: the message the input was caused by (an outcome event's operation).
         """
         spec = next(s for s in app.handlers if s.fn == fn and type(message) in s.message_types)
+        if self.resources is None:
+            self.resources = Resources()
+            await lifecycle.start(app.startup, self.resources)
         envelope = encode(
             message, object_id=object_id, message_id=message_id or new_message_id(),
             causation_id=causation_id, types=app.types,
         )  # fmt: skip
         for _ in range(20):  # a conflict means another handler committed first: run again
             ctx = Context(spec, envelope, entry_id="0-0", attempt=attempt, client=self.client,
-                          keys_of=self.keys_of, types=app.types)  # fmt: skip
+                          keys_of=self.keys_of, types=app.types,
+                          resources=self.resources)  # fmt: skip
             result = spec.fn(message, ctx)
             if inspect.isawaitable(result):
                 await result
@@ -398,6 +409,7 @@ def test_fake_senders_succeed_without_network(backend: Backend, run: Run[None]) 
             await harness.handle(fn, op, object_id=op.delivery_id, message_id="m1")
         sent = [await events_of(Subsystem(s, client), f"1.{s}") for s in ("email", "slack")]
         assert [[EmailSent], [SlackMessageSent]] == [[type(e) for e in x] for x in sent]
+        await harness.close()
 
     run(scenario())
 
@@ -421,5 +433,6 @@ def test_unreachable_smtp_is_retried_then_failed(backend: Backend, run: Run[None
         failed = records[0].message
         assert isinstance(failed, EmailFailed)
         assert "unreachable" in failed.error and "gave up after 2 attempts" in failed.error
+        await harness.close()
 
     run(scenario())

@@ -26,7 +26,7 @@ send_slack             slack/client-ops              send                slack d
 
 from __future__ import annotations
 
-from examples.notification import delivery, notify, saga, views
+from examples.notification import delivery, notify, saga, senders, views
 from examples.notification.messages import (
     EmailSent,
     FailureReportedToInternalTeam,
@@ -44,6 +44,11 @@ from streamcqrs.handlers.saga import SagaEnded, SagaOutcome, SagaTimedOut
 
 app = App("notification")
 """The app ``streamcqrs run examples.notification.app:app`` runs."""
+
+# The email and Slack senders, and the one HTTP client behind the Slack one, are made once
+# per bot process and closed when it stops; handlers read them from ctx.resources.
+app.on_startup(senders.open_senders)
+app.on_shutdown(senders.close_senders)
 
 app.handler(
     SendNotification,

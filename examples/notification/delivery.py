@@ -9,6 +9,9 @@ idempotency key (the email's Message-ID, the webhook call's X-Idempotency-Key).
 A failure that may pass (connection refused, timeout) is retried with backoff up to
 ``send_attempts``; a permanent one (550, 404 channel_not_found) becomes the failed event at
 once, with the error.
+
+The senders come from ``ctx.resources``: the app's startup hook made them once for the bot
+process (``senders.open_senders``), so every Slack post goes through one HTTP client.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from examples.notification.messages import (
     SlackMessageFailed,
     SlackMessageSent,
 )
-from examples.notification.senders import SendFailure, email_sender, slack_sender
+from examples.notification.senders import EmailSender, SendFailure, SlackSender
 from streamcqrs.domain import Event
 from streamcqrs.handlers import Context, Retry
 from streamcqrs.streams import now_ms
@@ -53,7 +56,8 @@ async def send_email(op: SendEmail, ctx: Context) -> None:
         "purpose": op.purpose,
     }
     try:
-        await email_sender().send_email(op, ctx.message_id)
+        sender: EmailSender = ctx.resources["email"]  # made once, in senders.open_senders
+        await sender.send_email(op, ctx.message_id)
         outcome = EmailSent(**common, at_ms=now_ms())
     except SendFailure as failure:
         error = _give_up_or_retry(failure, ctx)
@@ -75,7 +79,8 @@ async def send_slack(op: SendSlackMessage, ctx: Context) -> None:
         "notification_id": op.notification_id,
     }
     try:
-        await slack_sender().send_slack(op, ctx.message_id)
+        sender: SlackSender = ctx.resources["slack"]  # one HTTP client for every post
+        await sender.send_slack(op, ctx.message_id)
         outcome = SlackMessageSent(**common, at_ms=now_ms())
     except SendFailure as failure:
         error = _give_up_or_retry(failure, ctx)

@@ -5,8 +5,14 @@ help (``permanent=False``: connection refused, timeout, 4xx SMTP reply, 5xx HTTP
 (``permanent=True``: 5xx SMTP reply such as 550 unknown mailbox, 4xx HTTP such as 404
 channel_not_found). The bots turn that into a retry or a failure event.
 
+The senders are made once per bot process, in the app's startup hook (``open_senders``,
+declared in ``app.py``), and handed to the handlers as ``ctx.resources["email"]`` and
+``ctx.resources["slack"]``: the Slack sender keeps one ``httpx.AsyncClient`` (one pool of
+kept-alive connections) for every post, and the shutdown hook (``close_senders``) closes it.
+
 ``use_senders`` swaps in other senders for this process (``bench_support`` has fakes that
 succeed without a network); ``NOTIFICATION_FAKE_SENDERS=1`` does the same for bot processes.
+Either is read by the startup hook, so set it before the bots start.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import httpx
 
 from examples.notification import config
 from examples.notification.messages import SendEmail, SendSlackMessage
+from streamcqrs.handlers import Resources
 
 
 class SendFailure(Exception):
@@ -100,10 +107,12 @@ class SmtpSender:
 
 
 class SlackWebhookSender:
-    """Posts ``{"channel", "text"}`` JSON to a configured incoming-webhook URL."""
+    """Posts ``{"channel", "text"}`` JSON to a configured incoming-webhook URL, every post
+    through the one ``client`` it was made with (its connections are kept alive)."""
 
-    def __init__(self, settings: config.Config) -> None:
+    def __init__(self, settings: config.Config, client: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.client = client
 
     async def send_slack(self, op: SendSlackMessage, idempotency_key: str) -> None:
         """POST the message; 2xx is success."""
@@ -116,8 +125,7 @@ class SlackWebhookSender:
         body = {"channel": op.channel, "text": op.text}
         headers = {"X-Idempotency-Key": idempotency_key}
         try:
-            async with httpx.AsyncClient(timeout=self.settings.slack_timeout) as client:
-                reply = await client.post(url, json=body, headers=headers)
+            reply = await self.client.post(url, json=body, headers=headers)
         except httpx.TimeoutException as exc:
             why = f"Slack webhook timed out after {self.settings.slack_timeout:g}s"
             raise SendFailure(why, permanent=False) from exc
@@ -142,7 +150,7 @@ def use_senders(email: EmailSender | None = None, slack: SlackSender | None = No
 
 
 def email_sender() -> EmailSender:
-    """The email sender this process uses."""
+    """A new email sender as this process is configured (``use_senders``, fakes, or SMTP)."""
     if _override[0] is not None:
         return _override[0]
     settings = config.current()
@@ -153,8 +161,8 @@ def email_sender() -> EmailSender:
     return SmtpSender(settings)
 
 
-def slack_sender() -> SlackSender:
-    """The Slack sender this process uses."""
+def slack_sender(client: httpx.AsyncClient) -> SlackSender:
+    """A new Slack sender as this process is configured, posting through ``client``."""
     if _override[1] is not None:
         return _override[1]
     settings = config.current()
@@ -162,7 +170,22 @@ def slack_sender() -> SlackSender:
         from examples.notification.bench_support import FakeSlackSender
 
         return FakeSlackSender()
-    return SlackWebhookSender(settings)
+    return SlackWebhookSender(settings, client)
+
+
+async def open_senders(resources: Resources) -> None:
+    """Startup hook: the process's senders, and the one HTTP client the Slack one posts with."""
+    http = httpx.AsyncClient(timeout=config.current().slack_timeout)
+    resources["http"] = http
+    resources["email"] = email_sender()
+    resources["slack"] = slack_sender(http)
+
+
+async def close_senders(resources: Resources) -> None:
+    """Shutdown hook: close the HTTP client (its kept-alive connections)."""
+    http = resources.get("http")
+    if isinstance(http, httpx.AsyncClient):
+        await http.aclose()
 
 
 __all__ = [
@@ -171,7 +194,9 @@ __all__ = [
     "SlackSender",
     "SlackWebhookSender",
     "SmtpSender",
+    "close_senders",
     "email_sender",
+    "open_senders",
     "slack_sender",
     "use_senders",
 ]
