@@ -13,6 +13,10 @@ validation), never 500. ``POST`` takes an ``Idempotency-Key`` header (or
 ``idempotency_key`` in the body): a retried request returns the first one's id.
 
 Run it alone with ``python -m examples.notification api`` (or uvicorn on ``create_api()``).
+
+With ``opentelemetry-instrumentation-fastapi`` installed, each request is a span; the put a
+POST makes is its child, and the bots' spans downstream carry the same trace on, to the
+notification's terminal event.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def create_api(url: str | None = None, *, client: redis.asyncio.Redis | None = N
                 await connection.aclose()
 
     api = FastAPI(title="Notifications", lifespan=lifespan)
+    _traced(api)
 
     @api.exception_handler(RedisError)
     @api.exception_handler(StreamCQRSError)
@@ -173,6 +178,15 @@ def create_api(url: str | None = None, *, client: redis.asyncio.Redis | None = N
         ]
 
     return api
+
+
+def _traced(api: FastAPI) -> None:
+    """A span per request, when the FastAPI instrumentation of OpenTelemetry is installed."""
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    except ImportError:
+        return
+    FastAPIInstrumentor.instrument_app(api)
 
 
 __all__ = ["Accepted", "NotificationRequest", "create_api"]

@@ -155,6 +155,8 @@ class ReceivedPost:
     path: str
     body: dict[str, Any]
     idempotency_key: str
+    peer: tuple[str, int] = ("", 0)
+    """The caller's address and port: one kept-alive connection is one peer."""
 
 
 class SlackStandIn:
@@ -191,6 +193,8 @@ class SlackStandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps connections alive, as Slack's servers do
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
@@ -210,7 +214,8 @@ class SlackStandIn:
                     self._reply(HTTPStatus(stand_in.fail[channel]), "channel_not_found")
                     return
                 key = self.headers.get("X-Idempotency-Key", "")
-                stand_in.inbox.add(ReceivedPost(self.path, body, key))
+                peer = (str(self.client_address[0]), int(self.client_address[1]))
+                stand_in.inbox.add(ReceivedPost(self.path, body, key, peer))
                 self._reply(HTTPStatus.OK, "ok")
 
             def _reply(self, status: HTTPStatus, text: str) -> None:
