@@ -114,9 +114,9 @@ def create_dashboard(app: App, url: str, *, title: str | None = None) -> FastAPI
 
     @web.exception_handler(StreamCQRSError)
     async def refused(request: Request, exc: StreamCQRSError) -> Response:
-        target = request.headers.get("referer") or "/"
-        if request.method == "POST" and urlsplit(target).netloc == request.headers.get("host"):
-            return RedirectResponse(_with_note(target, f"error: {exc}"), status_code=303)
+        if request.method == "POST":  # a button: back to its list, saying why not
+            listing = request.url.path.rsplit("/", 2)[0]
+            return RedirectResponse(_with_note(listing, f"error: {exc}"), status_code=303)
         return html.TemplateResponse(
             request, "error.html", {**shown, "note": "", "error": str(exc)}, status_code=400
         )

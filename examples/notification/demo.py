@@ -111,10 +111,11 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float) -> None
 
 
 @contextmanager
-def api_server(url: str) -> Iterator[str]:
-    """The API under uvicorn on 127.0.0.1 on a free port, in a thread; yields its base URL."""
+def api_server(url: str, *, asgi: Any = None) -> Iterator[str]:
+    """The API (or another ASGI app, ``asgi``) under uvicorn on 127.0.0.1 on a free port, in a
+    thread; yields its base URL."""
     server = uvicorn.Server(
-        uvicorn.Config(create_api(url), host="127.0.0.1", port=0, log_level="warning")
+        uvicorn.Config(asgi or create_api(url), host="127.0.0.1", port=0, log_level="warning")
     )
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
