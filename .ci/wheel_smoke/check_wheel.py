@@ -1,5 +1,6 @@
 """Fail if the wheel holds anything but ``streamcqrs/...`` and its dist-info, or lacks a
-tracked module, Lua script or ``py.typed`` of the layers (or the root package files).
+tracked module, Lua script, page template or ``py.typed`` of the layers (or the root package
+files).
 
 Usage: python .ci/wheel_smoke/check_wheel.py WHEEL (from the checkout's root).
 """
@@ -20,7 +21,7 @@ def expected() -> set[str]:
     tracked = subprocess.run(
         ["git", "ls-files", *LAYERS, *ROOT_FILES], capture_output=True, text=True, check=True
     ).stdout.split()
-    wanted = {".py", ".lua"}
+    wanted = {".py", ".lua", ".html"}
     return {
         f"streamcqrs/{path}"
         for path in tracked
