@@ -163,3 +163,11 @@ def test_a_post_from_another_site_is_refused(real: Backend) -> None:
     assert 403 == reply.status_code
     assert 303 == same.status_code  # its own origin goes through, and is told there is no x
     assert "no dead letter ['x']" in unquote(same.headers["location"])
+
+
+def test_the_dashboard_command_refuses_a_server_that_does_not_answer() -> None:
+    """``streamcqrs dashboard`` checks the server before it serves: one line, exit 2."""
+    from tests.commands import one_error_line, streamcqrs
+
+    result = streamcqrs("dashboard", APP, "--url", "redis://127.0.0.1:1/0", "--port", "0")
+    assert "127.0.0.1:1" in one_error_line(result)
