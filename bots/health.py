@@ -30,6 +30,8 @@ def problems(client: redis.Redis, app: App, url: str = "") -> list[str]:
     found: list[str] = []
     groups: dict[str, set[str]] = {}
     for source in sources(app):
+        if source.broadcast:  # each bot process makes its own group of a broadcast concern
+            continue
         if source.key not in groups:
             try:
                 groups[source.key] = {as_str(i["name"]) for i in client.xinfo_groups(source.key)}

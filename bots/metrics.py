@@ -207,13 +207,10 @@ class StreamCollector(Collector):
             parts[first.part.tag] = first.part
             length.add_metric(labels, int(self.client.xlen(key)))
             delayed.add_metric(labels, int(self.client.zcard(first.part.delayed(first.ref.kind))))
-            for source, (behind, held, age) in zip(
-                group_sources, self._groups(key, [s.group for s in group_sources], now),
-                strict=True,
-            ):  # fmt: skip
-                lag.add_metric([*labels, source.group], behind)
-                pending.add_metric([*labels, source.group], held)
-                oldest.add_metric([*labels, source.group], age)
+            for name, behind, held, age in self._groups(key, group_sources, now):
+                lag.add_metric([*labels, name], behind)
+                pending.add_metric([*labels, name], held)
+                oldest.add_metric([*labels, name], age)
         for part in parts.values():
             labels = [part.subsystem, str(part.partition)]
             dead.add_metric(labels, open_count(self.client, part))
@@ -221,33 +218,42 @@ class StreamCollector(Collector):
                 outbox.add_metric(labels, int(self.client.xlen(part.outbox)))
         return [length, delayed, lag, pending, oldest, dead, outbox]
 
-    def _groups(self, key: str, names: list[str], now: float) -> list[tuple[float, int, float]]:
-        """(lag, pending, oldest pending age) per group name; a missing group reads as
-        all lag (nothing delivered to it yet)."""
+    def _groups(
+        self, key: str, group_sources: list[Source], now: float
+    ) -> list[tuple[str, float, int, float]]:
+        """(group, lag, pending, oldest pending age) of each group of ``key`` the app reads
+        with: its concern's group, or each bot process's own group of a broadcast concern. A
+        group not made yet reads as all lag (nothing delivered to it)."""
         try:
             infos = {as_str(i["name"]): i for i in self.client.xinfo_groups(key)}
         except ResponseError:  # no such stream yet
             infos = {}
-        out: list[tuple[float, int, float]] = []
-        for name in names:
-            info = infos.get(name)
-            if info is None:
-                out.append((float(self.client.xlen(key)), 0, 0.0))
-                continue
-            raw_lag = info.get("lag")
-            # A lag the server cannot tell (entries deleted past the group) reads as NaN.
-            behind = float("nan") if raw_lag is None else float(raw_lag)
-            held = int(info["pending"])
-            age = 0.0
-            if held:
-                first = self.client.xpending_range(key, name, "-", "+", 1)
-                if first:
-                    entry_id = first[0]["message_id"]
-                    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                    ms = int(text.partition("-")[0])
-                    age = max(0.0, now - ms / 1000)
-            out.append((behind, held, age))
+        out: list[tuple[str, float, int, float]] = []
+        for source in group_sources:
+            if source.broadcast:
+                names = sorted(n for n in infos if n.startswith(f"{source.concern}."))
+            else:
+                names = [source.group]
+            for name in names:
+                info = infos.get(name)
+                if info is None:
+                    out.append((name, float(self.client.xlen(key)), 0, 0.0))
+                    continue
+                raw_lag = info.get("lag")
+                # A lag the server cannot tell (entries deleted past the group) reads as NaN.
+                behind = float("nan") if raw_lag is None else float(raw_lag)
+                held = int(info["pending"])
+                out.append((name, behind, held, self._oldest(key, name, now) if held else 0.0))
         return out
+
+    def _oldest(self, key: str, group: str, now: float) -> float:
+        """Seconds since the group's oldest pending entry was written."""
+        first = self.client.xpending_range(key, group, "-", "+", 1)
+        if not first:
+            return 0.0
+        entry_id = first[0]["message_id"]
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return max(0.0, now - int(text.partition("-")[0]) / 1000)
 
 
 __all__ = ["LABELS", "Metrics", "StreamCollector", "require"]

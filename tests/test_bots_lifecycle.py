@@ -29,11 +29,14 @@ def test_each_process_makes_its_resources_once_and_closes_them(
     each runs the shutdown hook, which sees every use."""
     client = real.sync_client()
     client.set(GATE, 1)
-    count = put(client, [Work(n=n) for n in range(40)])
     hooks = tmp_path / "hooks.log"
+    hooks.touch()
     assert real.url is not None
     with BotProcess(real.url, tmp_path / "bots.log", "--processes", "2", app=APP,
                     env={HOOKS_LOG: str(hooks)}) as bot:  # fmt: skip
+        # Both workers started (a SIGTERM before a worker's start would find no hooks run).
+        wait_until(lambda: 2 == hooks.read_text().count("start "), "two startups", 30, bot)
+        count = put(client, [Work(n=n) for n in range(40)])
         wait_until(lambda: count == client.xlen(VIEWS), "a view per operation", 30, bot)
         status, _ = bot.terminate(30)
         assert 0 == status, bot.text()[-3000:]
