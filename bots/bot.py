@@ -48,6 +48,7 @@ from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
 from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.runner import Attempt, Runner
+from streamcqrs.streams import tracing
 from streamcqrs.streams._replies import group_missing
 from streamcqrs.streams._wire import fast_packing, send_all
 from streamcqrs.streams.commit import Commit
@@ -153,6 +154,7 @@ class Bot:
         for source in [*self.sources, *self._groups]:
             await self._ensure_group(source)
         await lifecycle.start(self.app.startup, self.resources)
+        tracing.refresh()  # a startup hook may have set a tracer provider
         try:
             await self._consume()
         finally:
@@ -403,7 +405,7 @@ class Bot:
 
     def _log_for(self, delivery: Delivery) -> Any:
         envelope = delivery.input.envelope
-        traced = trace_id(envelope.trace) if envelope else ""
+        traced = trace_id(envelope.trace) if envelope and envelope.trace else ""
         return entry_logger(
             self.log,
             subsystem=delivery.source.ref.subsystem,
@@ -413,7 +415,7 @@ class Bot:
             handler=delivery.spec.name if delivery.spec else "",
             type=envelope.type if envelope else "",
             attempt=delivery.attempt,
-            **({"trace_id": traced} if traced else {}),
+            trace_id=traced,
         )
 
     # -- handling ----------------------------------------------------------------------------

@@ -58,24 +58,29 @@ def entry_logger(
     stream: str,
     message_id: str,
     correlation_id: str,
-    **more: Any,
+    handler: str = "",
+    type: str = "",
+    attempt: int = 0,
+    trace_id: str = "",
 ) -> Any:
-    """``base`` bound with the fields every line about one entry carries, and ``more``
-    (the bot adds handler, type, attempt and trace_id).
+    """``base`` bound with the fields every line about one entry carries: where it is, its
+    ids, the handler and message type, the attempt, and its trace id when it has one.
 
     Bound when the first line is written: most entries are handled without logging, and
     binding costs a few microseconds per entry.
     """
-    return _LazyBound(
-        base,
-        {
-            "subsystem": subsystem,
-            "stream": stream,
-            "message_id": message_id,
-            "correlation_id": correlation_id or message_id,
-            **more,
-        },
-    )
+    fields = {
+        "subsystem": subsystem,
+        "stream": stream,
+        "message_id": message_id,
+        "correlation_id": correlation_id or message_id,
+        "handler": handler,
+        "type": type,
+        "attempt": attempt,
+    }
+    if trace_id:
+        fields["trace_id"] = trace_id
+    return _LazyBound(base, fields)
 
 
 class _LazyBound:

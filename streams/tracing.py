@@ -15,6 +15,7 @@ its trace id still reaches every log line and every entry downstream.
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,22 +35,36 @@ QUIET_OUTCOMES = frozenset({"self-cancel"})
 handler saying it is not ready yet (``NotYet``)."""
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _propagator: Any = TraceContextTextMapPropagator() if otel_trace is not None else None
-_cached: tuple[Any, Any] = (None, None)
-"""(provider, tracer) last seen: a provider set later (a test, a startup hook) is noticed."""
+RECHECK = 0.5
+"""Seconds between two looks for a tracer provider while none is set (``refresh`` looks at
+once): asking OpenTelemetry costs about a microsecond, too much for every message."""
+_cached: tuple[float, Any] = (0.0, None)
+"""(when to look again, the tracer found): a provider, once set, stays for the process."""
 
 
 def tracer() -> Any:
-    """The tracer to make spans with, or None when tracing is off (see the module docstring)."""
-    global _cached  # noqa: PLW0603 - one tracer per provider, found once
+    """The tracer to make spans with, or None when tracing is off (see the module docstring).
+
+    A provider set after the first look is noticed within ``RECHECK`` seconds, or at once
+    after ``refresh()`` (a bot calls it after its startup hooks).
+    """
+    again, found = _cached
+    if found is not None or otel_trace is None:
+        return found
+    now = time.monotonic()
+    return None if now < again else refresh(now)
+
+
+def refresh(now: float | None = None) -> Any:
+    """Look for a tracer provider now; the tracer to use, or None."""
+    global _cached  # noqa: PLW0603 - one tracer per process, found once
     if otel_trace is None:
         return None
     provider = otel_trace.get_tracer_provider()
-    if provider is _cached[0]:
-        return _cached[1]
     unset = (otel_trace.ProxyTracerProvider, otel_trace.NoOpTracerProvider)
-    active = not isinstance(provider, unset)
-    _cached = (provider, provider.get_tracer(NAME) if active else None)
-    return _cached[1]
+    found = None if isinstance(provider, unset) else provider.get_tracer(NAME)
+    _cached = ((time.monotonic() if now is None else now) + RECHECK, found)
+    return found
 
 
 def trace_id(traceparent: str) -> str:
@@ -209,6 +224,7 @@ __all__ = [
     "parent_context",
     "put_span",
     "record_span",
+    "refresh",
     "trace_id",
     "tracer",
 ]

@@ -33,7 +33,7 @@ from streamcqrs.bots.config import BotConfig
 from streamcqrs.streams import Subsystem
 from streamcqrs.streams.envelope import parse
 from streamcqrs.streams.keys import Kind, SubsystemKeys
-from streamcqrs.streams.tracing import trace_id
+from streamcqrs.streams.tracing import refresh, trace_id
 from tests.support import Backend, Run
 
 
@@ -53,9 +53,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     _reset_global_provider()
     trace.set_tracer_provider(provider)
+    refresh()  # noticed at once, not within streams.tracing.RECHECK
     yield exporter
     provider.shutdown()
     _reset_global_provider()
+    refresh()
 
 
 def by_id(found: list[ReadableSpan]) -> dict[int, ReadableSpan]:
