@@ -26,6 +26,7 @@ handler again on fresh state after a version conflict.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -261,13 +262,18 @@ class Runner:
 
     async def _invoke(self, d: Delivery, ctx: Context) -> None:
         """Call the handler: an ``async def`` here, a plain ``def`` in the executor (past a
-        timeout, a thread cannot be stopped: its attempt counts, the thread runs out)."""
+        timeout, a thread cannot be stopped: its attempt counts, the thread runs out).
+
+        The thread runs in a copy of this task's context, so what the handler does there
+        (a span it opens, a log it binds) sits under this attempt's handler span.
+        """
         assert d.spec is not None
         if d.spec.is_async:
             await cast(Awaitable[None], d.spec.fn(d.message, ctx))
         else:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.executor, d.spec.fn, d.message, ctx)
+            run = contextvars.copy_context().run
+            await loop.run_in_executor(self.executor, run, d.spec.fn, d.message, ctx)
 
     def failure(
         self,

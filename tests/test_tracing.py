@@ -202,3 +202,32 @@ def test_without_a_provider_the_input_trace_is_carried_on_unchanged() -> None:
     (output,) = ctx.outputs
     assert isinstance(output, PutOutput)
     assert parent == output.envelope.trace
+
+
+def test_a_plain_def_handlers_own_spans_nest_under_its_handler_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    """A plain ``def`` handler runs in a thread; a span it opens there is a child of the
+    span of its handler run, as an ``async def`` handler's would be."""
+    from streamcqrs.domain import Operation, message
+    from streamcqrs.handlers import App, Context
+    from streamcqrs.handlers.testing import HandlerTest
+
+    @message("tracing-sync.Ping")
+    class Ping(Operation):
+        n: int
+
+    app = App("tracing-sync")
+
+    @app.handler(Ping, stream="tracing-sync/client-ops")
+    def work(op: Ping, ctx: Context) -> None:
+        with trace.get_tracer("tests").start_as_current_span("inside the thread"):
+            pass
+
+    asyncio.run(HandlerTest(app).send(Ping(n=1)))
+
+    found = list(spans.get_finished_spans())
+    (inside,) = [s for s in found if s.name == "inside the thread"]
+    assert inside.parent is not None
+    parent = by_id(found)[inside.parent.span_id]
+    assert "handle tracing-sync/client-ops" == parent.name
