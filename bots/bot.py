@@ -130,7 +130,8 @@ class Bot:
         )
         self.stopping = asyncio.Event()
         self.handled = 0
-        self._held = 0  # deliveries started and not yet finished
+        self._holding: set[int] = set()
+        """Deliveries to handle whose handler has not finished (by id): the read-ahead."""
         self._room = asyncio.Event()
         self._slots = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -266,15 +267,19 @@ class Bot:
     # -- reading -----------------------------------------------------------------------------
 
     async def _room_to_read(self) -> int:
-        """Wait until fewer than ``concurrency`` deliveries are held; how many to ask for.
+        """Wait until fewer than ``concurrency`` deliveries wait for or run their handler,
+        and fewer than twice that are in flight; how many to ask for.
 
-        Not a reservation: a reader blocked in XREADGROUP must not hold slots other
-        sources could use. Readers racing may together fetch a little more than the room;
-        the extra wait for a handler slot (``_slots``), so at most ``concurrency``
-        handlers run at once.
+        A delivery whose handler finished stops counting against the first bound while its
+        commit is on its way, so the next batch is read and handled while the server runs
+        the last one's commits. Not a reservation: a reader blocked in XREADGROUP must not
+        hold slots other sources could use. Readers racing may together fetch a little more
+        than the room; the extra wait for a handler slot (``_slots``), so at most
+        ``concurrency`` handlers run at once.
         """
+        limit = self.config.concurrency
         while not self.stopping.is_set():
-            free = self.config.concurrency - self._held
+            free = min(limit - len(self._holding), 2 * limit - len(self._inflight))
             if free > 0:
                 return min(free, self.config.batch)
             self._room.clear()
@@ -380,14 +385,17 @@ class Bot:
     def _hold(self, delivery: Delivery) -> None:
         source = delivery.source
         if delivery.verdict is Verdict.HANDLE:
-            self._held += 1  # skips and dead letters are quick acks: they take no room
+            self._holding.add(id(delivery))  # skips and dead letters are quick acks: no room
         self._inflight[(source.name, delivery.entry_id)] = (source, time.monotonic())
+
+    def _ran(self, delivery: Delivery) -> None:
+        """Its handler finished: its room is free for reading ahead while it commits."""
+        self._holding.discard(id(delivery))
+        self._room.set()
 
     def _release(self, delivery: Delivery) -> None:
         self._inflight.pop((delivery.source.name, delivery.entry_id), None)
-        if delivery.verdict is Verdict.HANDLE:
-            self._held -= 1
-            self._room.set()
+        self._ran(delivery)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -459,6 +467,8 @@ class Bot:
                 ran.append((delivery, attempt, log))
             finished = {id(d) for d, _, _ in ran}  # _finish releases these; the rest below
             todo = [d for d in todo if id(d) not in finished]
+            for delivery, _, _ in ran:
+                self._ran(delivery)
             await self._finish(ran)
         finally:
             for delivery in todo:
@@ -474,6 +484,8 @@ class Bot:
         if waiting.spec is not None:
             self._waits.add(waiting.spec.fn)
         if ran:
+            for delivery, _, _ in ran:
+                self._ran(delivery)
             self._spawn(self._finish(list(ran)))
         for delivery in rest:
             self._spawn(self._handle(delivery))
