@@ -1,6 +1,6 @@
 """Run a handler in a unit test and assert on what it emitted, without a server or a bot.
 
->>> from handlers.testing import HandlerTest
+>>> from streamcqrs.handlers.testing import HandlerTest
 >>> test = HandlerTest(app)                          # in-memory streams (fakeredis)
 >>> emitted = await test.send(PlaceOrder(sku="A-1"), object_id="7")
 >>> assert emitted.events == [OrderPlaced(sku="A-1")]
