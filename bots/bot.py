@@ -38,11 +38,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.bots import recovery
+from streamcqrs.bots.cleaner import Cleaner
 from streamcqrs.bots.committer import Committer, Result
 from streamcqrs.bots.config import BotConfig
-from streamcqrs.bots.delayed import Mover
+from streamcqrs.bots.delayed import Mover, delayed_sets
 from streamcqrs.bots.logging import entry_logger, get_logger
 from streamcqrs.bots.observe import Observer
+from streamcqrs.bots.timers import Timers
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
@@ -124,10 +126,14 @@ class Bot:
         self.committer = Committer(self.client, by_slot=config.cluster)
         self.mover = Mover(
             self.client,
-            {(s.part, s.ref.kind) for s in self.sources},
+            delayed_sets(app, self.sources),
             interval=config.mover_interval,
             log=self.log,
         )
+        schedules = [s for s in app.deferred.schedules.values()
+                     if not config.only or s.target.subsystem in config.only]  # fmt: skip
+        self.timers = Timers(self.client, schedules, keys_of, types=app.types, log=self.log)
+        self.cleaner = Cleaner(self.client, app, keys_of, consumer=self.consumer, log=self.log)
         self.stopping = asyncio.Event()
         self.handled = 0
         self._holding: set[int] = set()
@@ -171,6 +177,8 @@ class Bot:
                 for source in self.sources
             ),
             asyncio.create_task(self._keep_running("delayed mover", self.mover.run, self.stopping)),
+            asyncio.create_task(self._keep_running("timers", self.timers.run, self.stopping)),
+            asyncio.create_task(self._keep_running("cleaner", self.cleaner.run, self.stopping)),
             asyncio.create_task(self._keep_running("recovery", self._recover)),
         ]
         try:

@@ -1,11 +1,14 @@
 """The mover: puts delayed entries into their stream when they fall due.
 
-Delayed work (``ctx.put(..., execute_earliest=...)``, retries, self-cancellations) waits in
-the partition's delayed sorted set, scored by due time in ms, so it survives restarts. Each
-bot moves the due members of the sets beside the streams it consumes: per member, one
-commit that takes it from the set and puts it into the stream (``Commit.move_due``); the take
-fails (Gone) if another bot moved it first, so a member is moved exactly once however many
-bots run. The mover sleeps until the next member is due, at most ``interval`` seconds.
+Delayed work (``ctx.put(..., execute_earliest=...)``, tickets, retries, self-cancellations)
+waits in the partition's delayed sorted set, scored by due time in ms, so it survives
+restarts. Each bot moves the due members of every delayed set its app writes to
+(``delayed_sets``): beside the streams it consumes, and beside every stream a handler
+declares in ``writes`` or a ticket goes to, so a delayed put into another subsystem's stream
+moves even when no bot of that subsystem runs. Per member, one commit takes it from the set
+and puts it into the stream (``Commit.move_due``); the take fails (Gone) if another bot moved
+it first, so a member is moved exactly once however many bots run. The mover sleeps until the
+next member is due, at most ``interval`` seconds.
 """
 
 from __future__ import annotations
@@ -18,13 +21,28 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from streamcqrs.handlers.delivery import Source
+from streamcqrs.handlers.registry import App, StreamRef
 from streamcqrs.streams import now_ms
 from streamcqrs.streams.commit import Commit, run_commits
 from streamcqrs.streams.errors import Gone
-from streamcqrs.streams.keys import Kind, PartitionKeys
+from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 PER_ROUND = 200
 """Most members moved per set per round; a bigger backlog is moved over further rounds."""
+
+
+def delayed_sets(app: App, sources: Iterable[Source]) -> set[tuple[PartitionKeys, Kind]]:
+    """Every delayed set ``app`` writes to: its inputs', its declared outputs', its tickets'."""
+    out = {(s.part, s.ref.kind) for s in sources}
+    refs = {w for spec in app.handlers for w in spec.writes}
+    refs |= {m.spec.source for m in app.deferred.methods.values()}
+    refs |= {m for m_spec in app.deferred.methods.values() for m in m_spec.spec.writes}
+    refs |= {StreamRef(sub, Kind.INTERNAL_OPERATIONS) for sub in app.deferred.tickets}
+    for ref in refs:
+        keys = SubsystemKeys(ref.subsystem, app.partitions_of(ref.subsystem))
+        out |= {(part, ref.kind) for part in keys.all()}
+    return out
 
 
 class Mover:
@@ -90,4 +108,4 @@ class Mover:
                     await asyncio.wait_for(stopping.wait(), timeout=wait)
 
 
-__all__ = ["Mover"]
+__all__ = ["Mover", "delayed_sets"]

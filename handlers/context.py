@@ -9,7 +9,7 @@ id, so a re-run of the same input produces the same ids (appends de-duplicate on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -83,8 +83,14 @@ class SnapshotOutput:
         commit.snapshot(self.keys, self.envelope, self.version, self.keep)
 
 
-Output = PutOutput | AppendOutput | SnapshotOutput
+@dataclass(slots=True)
+class IntentOutput:
+    """Any other intent to add to the commit (a ticket's receipt, a lease's fence)."""
 
+    fill: Callable[[Commit], object]
+
+
+Output = PutOutput | AppendOutput | SnapshotOutput | IntentOutput
 
 
 class Context:
@@ -322,10 +328,37 @@ class Context:
         output = SnapshotOutput(ref, self.keys(sub), envelope, aggregate.version, keep)
         self.outputs.append(output)
 
+    def submit(
+        self,
+        root: tuple[type[Aggregate] | str, str | int],
+        work: Message | str,
+        *,
+        execute_earliest: datetime | int | None = None,
+        delay: timedelta | float | None = None,
+        keep_receipt: timedelta | float | None = None,
+        subsystem: str | None = None,
+    ) -> str:
+        """Submit a ticket at commit: ``work`` on aggregate ``root`` later; returns its id.
+
+        See ``handlers.tickets``; the ticket goes to ``<subsystem>/internal-ops`` (default:
+        the handler's own subsystem), which the handler must declare in ``writes``.
+        """
+        from streamcqrs.handlers.tickets import ticket_outputs
+
+        sub = subsystem or self.spec.source.subsystem
+        self._check_write(StreamRef(sub, Kind.INTERNAL_OPERATIONS))
+        ticket_id, outputs = ticket_outputs(
+            self.keys(sub), root, work, execute_earliest=execute_earliest, delay=delay,
+            keep_receipt=keep_receipt, types=self.types, message_id=self._next_message_id(),
+            correlation_id=self.correlation_id, causation_id=self.envelope.message_id,
+        )  # fmt: skip
+        self.outputs += outputs
+        return ticket_id
+
     def fill(self, commit: Commit) -> None:
         """Add every buffered output to ``commit`` (the runner adds the input's outcome)."""
         for output in self.outputs:
             output.fill(commit)
 
 
-__all__ = ["AppendOutput", "Context", "Output", "PutOutput", "SnapshotOutput"]
+__all__ = ["AppendOutput", "Context", "IntentOutput", "Output", "PutOutput", "SnapshotOutput"]

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
 from streamcqrs.domain.registry import TypeRegistry, registry
+from streamcqrs.handlers.deferred import Deferrable, Deferred, wrap_exclusive
 from streamcqrs.handlers.errors import HandlerError
+from streamcqrs.handlers.exclusive import Exclusive
 from streamcqrs.handlers.lifecycle import Hook
 from streamcqrs.streams.keys import Kind, check_concern
 from streamcqrs.streams.subsystem import parse_stream
@@ -80,6 +82,8 @@ class HandlerSpec:
     """Every bot process gets every entry (a group per process), and no status is kept."""
     ordered: bool = False
     """Each object's entries are handled one at a time, in stream order, across retries."""
+    exclusive: str = ""
+    """The key this handler holds while it runs (``handlers.exclusive``); empty: none."""
 
     def may_write(self, target: StreamRef) -> bool:
         """True if the handler declared ``target`` among its outputs."""
@@ -111,7 +115,7 @@ class HandlerSpec:
 
 
 @dataclass
-class App:
+class App(Deferrable):
     """A set of handlers and the subsystems they run over; what ``streamcqrs run`` loads.
 
     >>> app = App("notifications")
@@ -129,6 +133,8 @@ class App:
     """Hooks each bot process runs before it reads (``on_startup``)."""
     shutdown: list[Hook] = field(default_factory=list)
     """Hooks each bot process runs after its work is drained (``on_shutdown``)."""
+    deferred: Deferred = field(default_factory=Deferred)
+    """Ticket work, schedules, retention: see ``handlers.deferred``."""
 
     @classmethod
     def load(cls, spec: str) -> App:
@@ -176,6 +182,7 @@ class App:
         start: Start = None,
         broadcast: bool = False,
         ordered: bool = False,
+        exclusive: str | Exclusive | None = None,
     ) -> Callable[[F], F]:
         """Register a function as the handler of ``message_types`` arriving on ``stream``.
 
@@ -191,6 +198,8 @@ class App:
         envelope's object id) are handled one at a time and in stream order, across retries:
         while one is being retried, later entries of its object wait behind it (other
         objects go on). Costs a script call per read and a hash field per object in flight.
+        ``exclusive`` names a key only one handler may hold at a time, across every bot (see
+        ``handlers.exclusive``).
         """
         if not message_types:
             raise HandlerError("a handler must name at least one message type it handles")
@@ -219,6 +228,7 @@ class App:
                     f"{spec.name}: ordered=True needs a shared consumer group; a broadcast "
                     "concern has one per process (drop one of the two)"
                 )
+            spec = wrap_exclusive(spec, exclusive)
             for known in self.handlers:
                 if (
                     known.source == spec.source

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -44,6 +44,7 @@ from streamcqrs.streams.errors import (
     DuplicateRecord,
     Gone,
     InvalidTransition,
+    LeaseLost,
     NotOwner,
     PermissionDenied,
     StreamError,
@@ -524,6 +525,38 @@ class Commit:
         """Remove a member from a sorted set."""
         return self._op("ZREM", self._key(zset), member)
 
+    # -- deferred work: leases, receipts, schedules, compaction ------------------------------
+
+    def fence(self, lease: str, token: str) -> int:
+        """Commit only if exclusive access ``lease`` is still held by ``token``; release it.
+
+        Refused with LeaseLost (a ConcurrencyConflict: re-run) when the lease expired or
+        another holder took it, so a holder that lost its lease writes nothing.
+        """
+        return self._op("LEASE", self._key(lease), token)
+
+    def receipt(
+        self, key: str, fields: Mapping[str, str | int], *, delete_at_ms: int = 0
+    ) -> int:
+        """Write a ticket's receipt fields; with ``delete_at_ms`` the receipt expires then."""
+        flat = [item for pair in fields.items() for item in pair]
+        return self._op("RECEIPT", self._key(key), len(flat), *flat, delete_at_ms)
+
+    def advance(self, hash_key: str, field: str, expected: str, new: str) -> int:
+        """Set ``field`` of ``hash_key`` from ``expected`` ("" = absent) to ``new``.
+
+        Refused with Gone when the field holds anything else: of many bots advancing a
+        schedule past one due time, exactly one commits.
+        """
+        return self._op("CURSOR", self._key(hash_key), field, expected, new)
+
+    def compact(self, aggregate_key: str, upto_version: int) -> int:
+        """Drop an aggregate's events up to ``upto_version`` (a snapshot's), keeping its version.
+
+        Replies with how many events were dropped (0 if already compacted that far).
+        """
+        return self._op("COMPACT", self._key(aggregate_key), upto_version)
+
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, client: redis.asyncio.Redis) -> list[Any]:
@@ -587,6 +620,10 @@ _REFUSALS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
     )),
     "GONE": (0, lambda r: Gone("the delayed entry was already moved by another bot")),
     "NOTOWNER": (2, lambda r: NotOwner(r[0], r[1])),
+    "LEASE": (1, lambda r: LeaseLost(r[0])),
+    "TAKEN": (1, lambda r: Gone(
+        f"{r[0]!r} was already advanced (now {' '.join(r[1:]) or 'absent'}) by another bot"
+    )),
 }  # fmt: skip
 """Refusal code of commit.lua -> (operands it carries, the framework error it means)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamcqrs.domain.errors import StreamCQRSError
+from streamcqrs.domain.errors import ConcurrencyConflict, StreamCQRSError
 
 
 class StreamError(StreamCQRSError):
@@ -82,6 +82,26 @@ class NotOwner(StreamError):
         self.entry_id = entry_id
 
 
+class LeaseLost(ConcurrencyConflict):
+    """A commit fenced by exclusive access found the lease no longer held by its holder.
+
+    The holder was slower than the lease's time to live (or crashed and came back) and
+    another holder may have run meanwhile; this commit wrote nothing. A conflict like any
+    other: the bot takes the lease again and re-runs the handler on fresh state.
+    """
+
+    def __init__(self, key: str) -> None:
+        StreamCQRSError.__init__(
+            self,
+            f"exclusive access {key!r} is no longer held by this handler (its lease expired or "
+            "was taken over); nothing was written: take the lease again and re-run, and give "
+            "the lease a longer ttl if handlers legitimately run this long",
+        )
+        self.aggregate_id = key
+        self.expected = self.actual = -1
+        self.key = key
+
+
 __all__ = [
     "DecodeError",
     "DuplicateRecord",
@@ -89,6 +109,7 @@ __all__ = [
     "Gone",
     "HandlingError",
     "InvalidTransition",
+    "LeaseLost",
     "NotOwner",
     "PermissionDenied",
     "RoleError",

@@ -134,6 +134,23 @@ class PartitionKeys:
         """Stream of outputs bound for another slot, for the cluster relay to forward."""
         return f"{self.tag}:outbox"
 
+    def lease(self, name: str) -> str:
+        """String: the token of whoever holds exclusive access ``name`` (expires)."""
+        return f"{self.tag}:lease:{_check_name('lease name', name)}"
+
+    def receipt(self, ticket_id: str) -> str:
+        """Hash: one ticket's receipt (submitted, due, done, error; expires after keeping)."""
+        return f"{self.tag}:receipt:{ticket_id}"
+
+    @property
+    def schedules(self) -> str:
+        """Hash: schedule name -> the last due time (ms) an operation was put for."""
+        return f"{self.tag}:schedules"
+
+    def cleaned(self, kind: Kind) -> str:
+        """Hash: what the cleaner last removed from this stream (so ``show`` can say so)."""
+        return f"{self.tag}:{kind}:cleaned"
+
 
 @dataclass(frozen=True, slots=True)
 class SubsystemKeys:

@@ -69,12 +69,26 @@
 --          a long handler's claim; a huge idle hands it to the next XAUTOCLAIM).
 --   OUTBOX outbox nfield field...     XADD to the partition's outbox (cluster: a commit for
 --                                      another slot, forwarded by the relay)
+--   LEASE  key token                   exclusive access as a fence: refused (LEASE) unless
+--                                      the lease is still held by token (a holder whose lease
+--                                      expired, or was taken over, writes nothing); then released
+--   RECEIPT key nfield field... deleteat
+--                                      a ticket's receipt: HSET the field/value pairs; with
+--                                      deleteat > 0 the receipt expires then (PEXPIREAT)
+--   CURSOR hash field expected new     a schedule's last due time: refused (TAKEN) unless the
+--                                      field holds expected ("" = absent), then set to new; so
+--                                      of many bots putting one due time, exactly one does
+--   COMPACT agglist upto               drop an aggregate's events up to version upto (behind a
+--                                      snapshot at that version), keeping the version in the
+--                                      "H<base>" header item; nothing if already compacted
 -- Returns: per commit, {1, {reply per op}} or {0, error}:
 --   PUT -> {entry_id, written}  APPEND -> {version, {entry_id...}, written}
---   TOUCH -> {entry_id...} (still owned)  OUTBOX -> entry_id  others -> 1
+--   TOUCH -> {entry_id...} (still owned)  OUTBOX -> entry_id  COMPACT -> events dropped
+--   others -> 1
 --   errors: "CONFLICT <aggid> <expected> <actual>", "DUPLICATE <obj> <entry_id>",
 --   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
---   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids).
+--   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids),
+--   "LEASE <key>" (the lease is not held by this token), "TAKEN <field> <current>".
 
 local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data', 'trace'}
 
@@ -200,6 +214,14 @@ local function parse(code)
     op.ids = list(tonumber(nxt()), nxt)
   elseif code == 'OUTBOX' then
     op.outbox = key(); op.fields = list(tonumber(nxt()), nxt)
+  elseif code == 'LEASE' then
+    op.key = key(); op.token = nxt()
+  elseif code == 'RECEIPT' then
+    op.key = key(); op.fields = list(tonumber(nxt()), nxt); op.deleteat = tonumber(nxt())
+  elseif code == 'CURSOR' then
+    op.hash = key(); op.field = nxt(); op.expected = nxt(); op.new = nxt()
+  elseif code == 'COMPACT' then
+    op.agg = key(); op.upto = tonumber(nxt())
   else
     return nil, 'BADOP ' .. tostring(code)
   end
@@ -288,6 +310,11 @@ local function check(op, last)
     end
   elseif code == 'TAKE' then
     if not redis.call('ZSCORE', op.zset, op.member) then return 'GONE delayed entry' end
+  elseif code == 'LEASE' then
+    if redis.call('GET', op.key) ~= op.token then return 'LEASE ' .. op.key end
+  elseif code == 'CURSOR' then
+    local current = redis.call('HGET', op.hash, op.field) or ''
+    if current ~= op.expected then return 'TAKEN ' .. op.field .. ' ' .. current end
   end
   return nil
 end
@@ -416,6 +443,25 @@ apply = function(op)
     return kept
   elseif code == 'OUTBOX' then
     return redis.call('XADD', op.outbox, '*', unpack(op.fields))
+  elseif code == 'LEASE' then
+    redis.call('DEL', op.key)
+    return 1
+  elseif code == 'RECEIPT' then
+    redis.call('HSET', op.key, unpack(op.fields))
+    if op.deleteat > 0 then redis.call('PEXPIREAT', op.key, op.deleteat) end
+    return 1
+  elseif code == 'CURSOR' then
+    redis.call('HSET', op.hash, op.field, op.new)
+    return 1
+  elseif code == 'COMPACT' then
+    local version, stored, header = aggregate_state(op.agg)
+    local base = version - stored
+    local upto = math.min(op.upto, version)
+    if upto <= base then return 0 end
+    -- Drop the header (if any) and the events up to `upto`, then put the new header first.
+    redis.call('LTRIM', op.agg, header + upto - base, -1)
+    redis.call('LPUSH', op.agg, 'H' .. upto)
+    return upto - base
   end
 end
 
