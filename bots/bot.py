@@ -624,8 +624,10 @@ class Bot:
     async def _take_over(self, source: Source) -> None:
         cursor = "0-0"
         for _ in range(100):  # bounded: a huge backlog is taken over across ticks
-            room = await self._room_to_read()
-            if not room:
+            # Never wait for room here: a bot whose handlers all wait (on a lease, say) must
+            # still come back to keep their claims.
+            room = min(self.config.concurrency - self._held, self.config.batch)
+            if room <= 0 or self.stopping.is_set():
                 return
             cursor, found, deleted = await recovery.take_over(
                 self.client,
