@@ -163,6 +163,7 @@ class Deferrable:
         misfire: Misfire = "skip",
         grace: timedelta | float | None = None,
         offset: timedelta | float = 0.0,
+        catch_up_limit: int = 1000,
     ) -> Schedule:
         """Put ``operation`` (or ``operation(due)``) into ``stream`` every ``interval``.
 
@@ -172,6 +173,7 @@ class Deferrable:
         schedule = Schedule.every(
             interval, operation, stream=stream, name=name or _name_of(operation),
             object_id=object_id, misfire=misfire, grace=grace, offset=offset,
+            catch_up_limit=catch_up_limit,
         )  # fmt: skip
         return self._add_schedule(schedule)
 
@@ -186,12 +188,14 @@ class Deferrable:
         misfire: Misfire = "skip",
         grace: timedelta | float | None = None,
         tz: str = "UTC",
+        catch_up_limit: int = 1000,
     ) -> Schedule:
         """Put ``operation`` (or ``operation(due)``) into ``stream`` at each time of ``expression``
         (``"0 * * * *"``: every hour) in time zone ``tz``; needs the ``cron`` extra."""
         schedule = Schedule.cron_schedule(
             expression, operation, stream=stream, name=name or _name_of(operation),
             object_id=object_id, misfire=misfire, grace=grace, tz=tz,
+            catch_up_limit=catch_up_limit,
         )  # fmt: skip
         return self._add_schedule(schedule)
 

@@ -92,7 +92,9 @@ class Schedule:
                     f"schedule {self.name!r}: unknown time zone {self.tz!r} (e.g. 'UTC', "
                     "'Europe/Berlin')"
                 ) from None
-        elif self.interval_ms < 1:
+        if self.catch_up_limit < 1:
+            raise ConfigurationError(f"schedule {self.name!r}: catch_up_limit must be >= 1")
+        if not self.cron and self.interval_ms < 1:
             raise ConfigurationError(
                 f"schedule {self.name!r}: the interval must be at least 1 ms"
             )
@@ -109,6 +111,7 @@ class Schedule:
         misfire: Misfire = "skip",
         grace: timedelta | float | None = None,
         offset: timedelta | float = 0.0,
+        catch_up_limit: int = 1000,
     ) -> Schedule:
         """Due every ``interval`` (seconds or a timedelta), aligned to the epoch + ``offset``."""
         from streamcqrs.handlers.registry import StreamRef
@@ -116,7 +119,8 @@ class Schedule:
         period = _ms(interval)
         grace_ms = _ms(grace) if grace is not None else min(max(period // 2, 1), 60_000)
         return cls(name, StreamRef.parse(stream), make, object_id or name, misfire, grace_ms,
-                   interval_ms=period, offset_ms=_ms(offset) % max(period, 1))  # fmt: skip
+                   interval_ms=period, offset_ms=_ms(offset) % max(period, 1),
+                   catch_up_limit=catch_up_limit)  # fmt: skip
 
     @classmethod
     def cron_schedule(
@@ -130,13 +134,14 @@ class Schedule:
         misfire: Misfire = "skip",
         grace: timedelta | float | None = None,
         tz: str = "UTC",
+        catch_up_limit: int = 1000,
     ) -> Schedule:
         """Due at the times of a cron ``expression`` in time zone ``tz``."""
         from streamcqrs.handlers.registry import StreamRef
 
         grace_ms = _ms(grace) if grace is not None else 60_000
         return cls(name, StreamRef.parse(stream), make, object_id or name, misfire, grace_ms,
-                   cron=expression, tz=tz)  # fmt: skip
+                   cron=expression, tz=tz, catch_up_limit=catch_up_limit)  # fmt: skip
 
     # -- due times ---------------------------------------------------------------------------
 
