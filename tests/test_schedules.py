@@ -155,8 +155,10 @@ def test_timers_apply_the_misfire_policy_after_an_outage(
 def test_cron_due_times_follow_the_expression_in_its_time_zone() -> None:
     """'0 * * * *' in Europe/Berlin is due on the hour; the due times of a window are those
     hours (the DST night has no 02:00); bad expressions and zones are refused."""
-    cron = Schedule.cron_schedule("0 * * * *", Tick(due=0), stream="clock/internal-ops",
-                                  name="hourly", tz="Europe/Berlin", misfire="catch_up")  # fmt: skip
+    cron = Schedule.cron_schedule(
+        "0 * * * *", Tick(due=0), stream="clock/internal-ops", name="hourly",
+        tz="Europe/Berlin", misfire="catch_up",
+    )  # fmt: skip
     night = int(datetime(2026, 3, 29, 0, 30, tzinfo=UTC).timestamp() * 1000)  # 01:30 CET
     first = cron.next_after(night)
     assert datetime(2026, 3, 29, 1, 0, tzinfo=UTC) == datetime.fromtimestamp(first / 1000, UTC)
