@@ -1,7 +1,8 @@
 """The cleaner: applies an app's retention policies, one leader at a time, so memory stays bounded.
 
-Every bot runs a cleaner loop; the one holding the app's cleaner lease leads: it runs a cycle
-every ``app.cleaner(every=...)`` seconds and renews the lease between steps. For each policy
+Every bot runs a cleaner loop. When a cycle is due (``app.cleaner(every=...)`` seconds after
+the last one finished, by a record every bot reads), the first bot to take the app's cleaner
+lease leads that cycle, renewing the lease between steps, and lets it go after. For each policy
 (``app.retention``, see ``handlers.retention``) and each partition of its stream, a cycle
 forgets the statuses of records done for longer than ``keep_done_for``, trims the stream by
 age and length (with index entries and done statuses of what it trims), and compacts the
@@ -9,8 +10,8 @@ aggregates of a subsystem behind their snapshots (``streams.cleaning`` does each
 it never touches: Failed records and their history (an operator resets or archives them),
 disabled records, entries a consumer group has not read or still has pending.
 
-A leader that dies stops renewing; after the lease's ttl another bot takes it over and, the
-last cycle being unfinished, runs a whole cycle at once. Every step's writes are conditional
+A leader that dies stops renewing; after the lease's ttl another bot takes it and, the last
+cycle being unfinished, runs a whole cycle at once. Every step's writes are conditional
 or idempotent, so the result is what one uninterrupted cycle would have left.
 ``streamcqrs clean MODULE:APP`` runs one cycle from the command line.
 """
@@ -27,6 +28,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from streamcqrs.domain.errors import StreamCQRSError
 from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.retention import Retention
 from streamcqrs.streams import cleaning, now_ms
@@ -35,7 +37,7 @@ from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.leases import PROCESS, Lease
 
 
-class LeaderLost(Exception):
+class LeaderLost(StreamCQRSError):
     """The cleaner's lease went to another bot mid-cycle: stop, the new leader goes on."""
 
 
@@ -170,22 +172,29 @@ class Cleaner:
                 await self.lease.release()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Lead when the lease is free, follow otherwise, until ``stopping`` is set."""
+        """Lead a cycle whenever one is due and the lease is free, until ``stopping``.
+
+        The lease is held for a cycle only: between cycles any bot (or ``streamcqrs clean``)
+        may take it, and the shared record of when the last cycle finished keeps them from
+        cleaning more often than ``every``.
+        """
         if not self.policies:
             return
         tick = min(self.settings.lease_ttl / 3, self.settings.every)
         while not stopping.is_set():
             try:
-                if await self.lease.take() and await self._due():
-                    await self.cycle()
+                if await self._due() and await self.lease.take():
+                    try:
+                        if await self._due():
+                            await self.cycle()
+                    finally:
+                        await self.lease.release()
             except LeaderLost as lost:
                 self.log.warning("cleaner stopped mid-cycle", reason=str(lost))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 self.log.warning("cleaner lost the server; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=tick)
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
-            await self.lease.release()  # a stopping leader hands over at once
 
 
 __all__ = ["Cleaner", "LeaderLost", "Report", "leader_key", "state_key"]

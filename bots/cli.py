@@ -200,8 +200,24 @@ def add_parsers(commands: Any) -> None:
     )
     add_connection_options(status, imports=False)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    clean = commands.add_parser(
+        "clean",
+        help="run one cleaner cycle of an app's retention policies now",
+        description="Apply the retention policies of MODULE:APP once (app.retention: done "
+        "records' statuses, trimming by age or length, aggregates behind snapshots), as the "
+        "bots' cleaner does every app.cleaner(every=...) seconds. Takes the app's cleaner "
+        "lease first, so it never runs beside a bot's cleaner: it waits --wait seconds for "
+        "the lease, then gives up with exit status 2.",
+    )
+    clean.add_argument("app", metavar="MODULE:APP", help="the App whose policies to apply")
+    add_connection_options(clean, imports=False)
+    clean.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS",
+        help="how long to wait for the cleaner lease (default: twice its ttl)",
+    )  # fmt: skip
     run.set_defaults(func=run_command)
-    status.set_defaults(func=status_command)  # fmt: skip
+    status.set_defaults(func=status_command)
+    clean.set_defaults(func=clean_command)
     health.add_parsers(commands)
     from streamcqrs.bots.dashboard.cli import add_parsers as add_dashboard
 
@@ -249,4 +265,47 @@ def status_command(args: argparse.Namespace, out: TextIO) -> int:
     return report(args, out)
 
 
-__all__ = ["add_parsers", "at_least_one", "run_command", "status_command"]
+def clean_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``clean``: one cleaner cycle, as the app's cleaner leader; prints what it removed."""
+    import asyncio
+    import os
+
+    from streamcqrs.bots.cleaner import Cleaner
+    from streamcqrs.bots.logging import get_logger
+    from streamcqrs.handlers.registry import App
+    from streamcqrs.streams.cli import CommandError, connect_async
+    from streamcqrs.streams.keys import SubsystemKeys
+
+    configure("warning")  # the report below says what the cycle did
+    app = App.load(args.app)
+    if not app.deferred.retention:
+        out.write(f"app {app.name!r} declares no retention policy (app.retention): nothing to "
+                  "clean\n")  # fmt: skip
+        return 0
+    wait = args.wait if args.wait is not None else 2 * app.deferred.cleaner.lease_ttl
+
+    async def one_cycle() -> Any:
+        client = connect_async(args)
+        try:
+            keys_of = {n: SubsystemKeys(n, app.partitions_of(n)) for n in app.subsystems()}
+            cleaner = Cleaner(client, app, keys_of, consumer=f"clean-{os.getpid()}",
+                              log=get_logger(app=app.name, role="clean"))  # fmt: skip
+            return await cleaner.once(wait)
+        finally:
+            await client.aclose()
+
+    report = asyncio.run(one_cycle())
+    if report is None:
+        raise CommandError(
+            f"another process leads the cleaner of {app.name!r} (it kept the lease for "
+            f"{wait:g} s); the bots are cleaning: try again later, or pass a longer --wait"
+        )
+    out.write(
+        f"cleaned {app.name}: {report.forgotten} statuses of done records, {report.trimmed} "
+        f"entries, {report.unindexed} index entries, {report.compacted} aggregate events "
+        f"in {report.seconds:g} s\n"
+    )
+    return 0
+
+
+__all__ = ["add_parsers", "at_least_one", "clean_command", "run_command", "status_command"]

@@ -30,7 +30,8 @@ from tests.support import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
-COMMANDS = ("run", "status", "server", "tail", "show", "replay", "dead-letters", "failed", "acl")
+COMMANDS = ("run", "status", "server", "tail", "show", "replay", "dead-letters", "failed", "acl",
+            "clean")
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -28,6 +28,7 @@ from streamcqrs.streams.cli._common import (
     CommandError,
     add_connection_options,
     connect,
+    connect_async,
     fail,
     run_command,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "add_connection_options",
     "add_parsers",
     "connect",
+    "connect_async",
     "fail",
     "open_count",
     "run_command",

@@ -15,6 +15,7 @@ import redis
 
 from streamcqrs.domain.ids import new_message_id
 from streamcqrs.streams import now_ms
+from streamcqrs.streams.cli._cleaned import explain_missing, status_note
 from streamcqrs.streams.cli._common import (
     CommandError,
     connect,
@@ -318,6 +319,10 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
     subsystem, kind = args.stream
     keys = existing(client, subsystem, kind, args.partitions)
     found = find(client, keys, kind, args.id, args.by, partition=args.partition)
+    if found is None and (gone := explain_missing(
+        client, keys, kind, args.id, guess(args.id) if args.by == "auto" else args.by
+    )):  # fmt: skip
+        return _show_cleaned(gone, args.json, out)
     if found is None:
         raise CommandError(
             f"no record {args.id!r} in {subsystem}/{kind} (looked up by {args.by}); "
@@ -327,6 +332,9 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
     record["handling"] = concerns(client, found[0], found[1])
     if "id" in record:
         asyncio.run(_handling(args, keys, kind, record))
+        part = part_for(keys, parse(found[0], found[1], found[2]))
+        for row in record["handling"]:
+            status_note(client, part, kind, row, found[1])
     if args.json:
         emit(out, [record], True)
         return 0
@@ -339,12 +347,28 @@ def show_command(args: argparse.Namespace, out: TextIO) -> int:
             else ""
         )
         status = f"  status {row['status']}" if "status" in row else ""
-        out.write(f"  {row['concern']}: {state}{extra}{status}\n")
+        note = f" ({row['note']})" if "note" in row else ""
+        out.write(f"  {row['concern']}: {state}{extra}{status}{note}\n")
         for step in row.get("history", []):
             line = f"    {step['at']}  {step['action']} -> {step['status']}  {step['actor']}"
             out.write(f"{line}  {step['details']}".rstrip() + "\n")
     if not record["handling"]:
         out.write("  no consumer group reads this stream yet\n")
+    return 0
+
+
+def _show_cleaned(gone: dict[str, Any], as_json: bool, out: TextIO) -> int:
+    """``show`` of a record the cleaner trimmed: say so, with the handling left."""
+    if as_json:
+        emit(out, [gone], True)
+        return 0
+    maybe = "" if gone.get("definite", True) else " if it existed, it was older: "
+    out.write(f"{gone['id']}: cleaned;{maybe} {gone['note']}\n")
+    for row in gone.get("handling", []):
+        out.write(f"  {row['concern']}: status {row['status']} (kept: not done)\n")
+        for step in row["history"]:
+            line = f"    {step['at']}  {step['action']} -> {step['status']}  {step['actor']}"
+            out.write(f"{line}  {step['details']}".rstrip() + "\n")
     return 0
 
 
