@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from bench import aggregates, baseline, byhand, framework, noop
+from bench import aggregates, baseline, byhand, cleaner, framework, noop
 from bench.machine import describe
 from streamcqrs.streams import LocalServer
 
@@ -84,6 +84,8 @@ def run(smoke: bool, only: set[str] | None) -> tuple[list[Row], list[str]]:
             rows.append(Row("6 op->event, 2 bots", "throughput", two["ops_per_s"], "op/s", one,
                             ">= 1.3x of case 2"))  # fmt: skip
             rows += cost_rows("6 op->event, 2 bots", two)
+        if want("11"):
+            rows += _case_11(url, 2_000 if smoke else 100_000)
         if want("4"):
             from bench import notification
 
@@ -133,6 +135,20 @@ def _case_9(url: str, n: int) -> list[Row]:
         Row("9 no-op handler", "raw XREADGROUP+XACK", raw_ack, "msg/s"),
         Row("9 no-op handler", "throughput", quiet["per_s"], "msg/s", raw_ack, ">= 0.35x"),
         *cost_rows("9 no-op handler", quiet),
+    ]
+
+
+def _case_11(url: str, n: int) -> list[Row]:
+    """Server memory per handled operation, without and with one cleaner cycle."""
+    kept = cleaner.memory(url, n, PAYLOAD, clean=False)
+    clean = cleaner.memory(url, n, PAYLOAD, clean=True)
+    case = f"11 memory x{n}"
+    return [
+        Row(case, "per op, no cleaner", kept["memory_b"], "B"),
+        Row(case, "per op, after one cleaner cycle", clean["memory_b"], "B", kept["memory_b"]),
+        Row(case, "keys per op, no cleaner", kept["keys"], "keys"),
+        Row(case, "keys per op, after the cycle", clean["keys"], "keys", kept["keys"]),
+        Row(case, "cleaner cycle", clean["cycle_s"], "s"),
     ]
 
 
