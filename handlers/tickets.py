@@ -287,7 +287,8 @@ def executor(app: App, subsystem: str) -> Callable[[Ticket, Context], Awaitable[
         inner = Context(
             spec, dataclasses.replace(ctx.envelope, object_id=ticket.root_id),
             entry_id=ctx.entry_id, attempt=ctx.attempt, client=ctx.client,
-            keys_of=_keys_of(ctx), types=ctx.types, logger=ctx.log,
+            keys_of=_keys_of(ctx), types=ctx.types, logger=ctx.log, resources=ctx.resources,
+            trace=ctx.trace,
         )  # fmt: skip
         inner._count = 1_000  # its output ids differ from the outer context's
         if exclusive is None:
