@@ -626,7 +626,9 @@ class Bot:
         for _ in range(100):  # bounded: a huge backlog is taken over across ticks
             # Never wait for room here: a bot whose handlers all wait (on a lease, say) must
             # still come back to keep their claims.
-            room = min(self.config.concurrency - self._held, self.config.batch)
+            limit = self.config.concurrency
+            room = min(limit - len(self._holding), 2 * limit - len(self._inflight),
+                       self.config.batch)  # fmt: skip
             if room <= 0 or self.stopping.is_set():
                 return
             cursor, found, deleted = await recovery.take_over(
