@@ -2,9 +2,12 @@
 
 Three kinds of user, each allowed only what its part of the Naos workflow does:
 
-* ``<subsystem>-client`` for each subsystem whose client operations the app handles: put
-  into that client-operation stream and take tracking ids from it (write-only: it cannot read
-  the stream back, nor write anywhere else).
+* ``<subsystem>-client`` for each subsystem whose client operations the app handles: the
+  client protocol (``streams.client``): put into that client-operation stream, take tracking
+  ids (INCR only), guard puts with idempotency keys, ask an operation's status (handling
+  statuses, pending, dead-letter index). Write-only on the stream: it cannot read it back,
+  nor write anywhere else. It is for trusted services: Redis ACLs cannot restrict XADD's
+  options (MAXLEN, explicit ids); untrusted clients go through the HTTP gateway.
 * ``<app>-bot``: consume each handler's input stream for its concern (consumer group,
   handling status, delayed set, dead letters), put only into the streams declared in
   ``writes``, append only to the aggregates declared in ``appends``, read what ``reads`` names.
@@ -37,14 +40,20 @@ def client_subsystems(app: App) -> list[str]:
 
 
 def client(app: App, subsystem: str) -> acl.Role:
-    """The user outside clients of ``subsystem`` connect as: put operations, get ids."""
+    """The user outside clients of ``subsystem`` connect as: execute operations, ask status."""
     keys = _keys(app, subsystem)
     kind = Kind.CLIENT_OPERATIONS
     return acl.role(
         f"{subsystem}-client",
         # No dedupe (it would read the stream), no prune (operations are never pruned).
-        [acl.put(keys, kind, dedupe=False, prune=False), acl.next_id(keys, kind)],
-        f"outside clients of {subsystem}: put into {subsystem}/{kind}, next_id; write-only",
+        [
+            acl.put(keys, kind, dedupe=False, prune=False),
+            acl.next_id(keys, kind),
+            acl.execute(keys, kind),
+            acl.status(keys, kind),
+        ],
+        f"outside clients of {subsystem}: execute into {subsystem}/{kind} and ask status; "
+        "write-only on the stream",
     )
 
 

@@ -219,7 +219,8 @@ class Context:
         ref = StreamRef.parse(target)
         self._check_write(ref)
         key = self.keys(ref.subsystem).partition(0).sequence(ref.kind)
-        return int(await self.client.incr(key))
+        # INCR, not redis-py's incr() (INCRBY, which acl.next_id does not grant)
+        return int(await self.client.execute_command("INCR", key))  # type: ignore[no-untyped-call]
 
     # -- writing (buffered until the commit) -----------------------------------------------
 

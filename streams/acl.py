@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
 import redis
 
@@ -261,10 +262,51 @@ def put(
 
 
 def next_id(keys: SubsystemKeys, kind: Kind) -> Grants:
-    """Hand out tracking ids from one stream's sequence (INCRBY reads and writes it)."""
+    """Hand out tracking ids from one stream's sequence: INCR only.
+
+    Not INCRBY: a user who may add any amount can move the sequence back (``INCRBY seq
+    -1000``) and have ids handed out twice; ``next_id`` only ever adds one.
+    """
     sequence = escape(keys.partition(0).sequence(kind))
     why = f"next_id of {keys.subsystem}/{kind}"
-    return Grants(grants=(grant([sequence], Access.READ_WRITE, ("incr", "incrby"), why),))
+    return Grants(grants=(grant([sequence], Access.READ_WRITE, ("incr",), why),))
+
+
+def execute(keys: SubsystemKeys, kind: Kind) -> Grants:
+    """The client protocol's puts (``streams.client``): idempotency keys, tracking pointers.
+
+    Both are once-only keys the put's own script checks and sets (GET, SET); the stream
+    itself stays write-only.
+    """
+    once = [wildcard(partial(p.idempotency, kind)) for p in _parts(keys)]
+    once += [wildcard(partial(p.tracking, kind)) for p in _parts(keys)]
+    why = f"idempotency keys and tracking pointers of {keys.subsystem}/{kind}"
+    return Grants(frozenset(once), (grant(once, Access.READ_WRITE, ("get", "set"), why),))
+
+
+def status(keys: SubsystemKeys, kind: Kind) -> Grants:
+    """Ask an operation's status (``Client.status``) without reading the stream.
+
+    Reads, per partition: the tracking pointers (which entry an operation was put as), the
+    handling statuses of every concern and the switches, the dead-letter index (is there a
+    dead letter of the record); on the stream only XPENDING (is the entry being handled:
+    Running) and XINFO GROUPS (which concerns read it). None of these return an entry's
+    fields, and the stream's own latest-by-id index stays unreadable.
+    """
+    parts = _parts(keys)
+    tables = [wildcard(partial(p.handling_status, kind)) for p in parts]
+    tables += [escape(p.handling_flags(kind)) for p in parts]
+    tables += [escape(p.index(Kind.DEAD_LETTERS)) for p in parts]
+    pointers = [wildcard(partial(p.tracking, kind)) for p in parts]
+    streams = [escape(p.stream(kind)) for p in parts]
+    why = f"status of {keys.subsystem}/{kind} operations"
+    return Grants(
+        grants=(
+            grant(tables, Access.READ, ("hget", "hmget"), why),
+            grant(pointers, Access.READ, ("get",), why),
+            grant(streams, Access.READ, ("xpending", "xinfo|groups"), why),
+        )
+    )
 
 
 def read(keys: SubsystemKeys, kind: Kind) -> Grants:
@@ -406,6 +448,7 @@ __all__ = [
     "append",
     "consume",
     "escape",
+    "execute",
     "grant",
     "load",
     "new_password",
@@ -413,5 +456,6 @@ __all__ = [
     "put",
     "read",
     "role",
+    "status",
     "wildcard",
 ]

@@ -41,6 +41,7 @@ from streamcqrs.streams.deadletter import DeadLetter, dead_letter
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import Envelope, as_tags
 from streamcqrs.streams.errors import (
+    AlreadySet,
     DuplicateRecord,
     Gone,
     InvalidTransition,
@@ -517,6 +518,17 @@ class Commit:
             "TOUCH", self._key(stream), group, consumer, idle_ms, len(entry_ids), *entry_ids
         )
 
+    def once(self, key: str, ttl_ms: int, value: str = "") -> int:
+        """Refuse the whole commit (AlreadySet) if ``key`` is set; else set it for ``ttl_ms``.
+
+        ``value`` is what the key keeps ("" keeps the entry id of the commit's last put before
+        this intent). Only the commit's script reads the key, so a write-only client can guard
+        its puts with it (an idempotency key, a tracking pointer) and still not read its stream.
+        """
+        if ttl_ms < 1:
+            raise ConfigurationError(f"a once-only key needs a time to live, not {ttl_ms} ms")
+        return self._op("ONCE", self._key(key), ttl_ms, value)
+
     def delete(self, key: str) -> int:
         """Delete a key."""
         return self._op("DEL", self._key(key))
@@ -624,6 +636,7 @@ _REFUSALS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
     "TAKEN": (1, lambda r: Gone(
         f"{r[0]!r} was already advanced (now {' '.join(r[1:]) or 'absent'}) by another bot"
     )),
+    "ONCE": (2, lambda r: AlreadySet(r[0], r[1])),
 }  # fmt: skip
 """Refusal code of commit.lua -> (operands it carries, the framework error it means)."""
 

@@ -43,6 +43,25 @@ class DuplicateRecord(StreamError):
     """A put with ``OnExisting.RAISE`` found a record with the same object id."""
 
 
+class AlreadySet(StreamError):
+    """A commit's once-only key (``Commit.once``) was set already: the commit wrote nothing.
+
+    ``value`` is what the key holds: what the first commit through it recorded (the tracking
+    id an idempotency key stands for, the entry a tracking pointer names).
+    """
+
+    def __init__(self, key: str, value: str) -> None:
+        super().__init__(
+            f"{key!r} was already set (to {value!r}) by an earlier commit; nothing was written"
+        )
+        self.key = key
+        self.value = value
+
+
+class IdempotencyKeyReused(StreamError):
+    """An idempotency key already stands for a different operation (``streams.client``)."""
+
+
 class HandlingError(StreamError):
     """A handling-status change is not allowed from the record's current status."""
 
@@ -103,11 +122,13 @@ class LeaseLost(ConcurrencyConflict):
 
 
 __all__ = [
+    "AlreadySet",
     "DecodeError",
     "DuplicateRecord",
     "EncodeError",
     "Gone",
     "HandlingError",
+    "IdempotencyKeyReused",
     "InvalidTransition",
     "LeaseLost",
     "NotOwner",

@@ -93,6 +93,17 @@ class PartitionKeys:
         """Counter behind ``next_id`` (only partition 0's is used)."""
         return f"{self.tag}:{kind}:seq"
 
+    def idempotency(self, kind: Kind, key_digest: str) -> str:
+        """String: the tracking id an idempotency key stands for (``streams.client``; expires)."""
+        return f"{self.tag}:{kind}:idem:{key_digest}"
+
+    def tracking(self, kind: Kind, tracking_id: int | str) -> str:
+        """String: the entry a tracking id's operation was put as (``streams.client``; expires).
+
+        Written once, by the put's own script, so it also guards that put against a second.
+        """
+        return f"{self.tag}:{kind}:track:{tracking_id}"
+
     def aggregate(self, aggregate_id: str) -> str:
         """One aggregate's own list of events (packed), behind an optional compaction header."""
         return f"{self.tag}:agg:{aggregate_id}"

@@ -206,7 +206,9 @@ class WriteOnlyStream(_Stream):
 
     async def next_id(self) -> int:
         """A unique, increasing 64-bit id for a record of this stream (a tracking id)."""
-        return int(await self.client.incr(self.keys.partition(0).sequence(self.kind)))
+        # INCR, not redis-py's incr() (which sends INCRBY): client users may not INCRBY.
+        sequence = self.keys.partition(0).sequence(self.kind)
+        return int(await self.client.execute_command("INCR", sequence))  # type: ignore[no-untyped-call]
 
 
 
@@ -390,7 +392,8 @@ class SyncWriteOnlyStream:
     def next_id(self) -> int:
         """A unique, increasing 64-bit id (see ``WriteOnlyStream.next_id``)."""
         inner = self._inner
-        return int(self.client.incr(inner.keys.partition(0).sequence(inner.kind)))
+        sequence = inner.keys.partition(0).sequence(inner.kind)
+        return int(self.client.execute_command("INCR", sequence))  # type: ignore[no-untyped-call]
 
     def __getattr__(self, name: str) -> Any:
         # The role checks (and the refusals they give) are the async stream's.

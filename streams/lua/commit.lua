@@ -81,14 +81,21 @@
 --   COMPACT agglist upto               drop an aggregate's events up to version upto (behind a
 --                                      snapshot at that version), keeping the version in the
 --                                      "H<base>" header item; nothing if already compacted
+--   ONCE   key ttl value               a key set once: if it exists the commit is refused
+--          (ONCE, with what it holds) and writes nothing; else it is SET to value for ttl ms
+--          ("" = the entry id of the commit's last PUT before it). Only this script reads it,
+--          so a write-only client can guard its puts (idempotency keys, tracking pointers)
+--          without any read grant on its stream.
 -- Returns: per commit, {1, {reply per op}} or {0, error}:
 --   PUT -> {entry_id, written}  APPEND -> {version, {entry_id...}, written}
 --   TOUCH -> {entry_id...} (still owned)  OUTBOX -> entry_id  COMPACT -> events dropped
+--   ONCE -> the value set
 --   others -> 1
 --   errors: "CONFLICT <aggid> <expected> <actual>", "DUPLICATE <obj> <entry_id>",
 --   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
 --   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids),
---   "LEASE <key>" (the lease is not held by this token), "TAKEN <field> <current>".
+--   "LEASE <key>" (the lease is not held by this token), "TAKEN <field> <current>",
+--   "ONCE <key> <value>" (a ONCE key already set; value: what it holds).
 
 local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data', 'trace'}
 
@@ -222,6 +229,8 @@ local function parse(code)
     op.hash = key(); op.field = nxt(); op.expected = nxt(); op.new = nxt()
   elseif code == 'COMPACT' then
     op.agg = key(); op.upto = tonumber(nxt())
+  elseif code == 'ONCE' then
+    op.key = key(); op.ttl = nxt(); op.value = nxt()
   else
     return nil, 'BADOP ' .. tostring(code)
   end
@@ -315,6 +324,9 @@ local function check(op, last)
   elseif code == 'CURSOR' then
     local current = redis.call('HGET', op.hash, op.field) or ''
     if current ~= op.expected then return 'TAKEN ' .. op.field .. ' ' .. current end
+  elseif code == 'ONCE' then
+    local held = redis.call('GET', op.key)
+    if held then return 'ONCE ' .. op.key .. ' ' .. held end
   end
   return nil
 end
@@ -366,6 +378,8 @@ local function release(op)
     -- A parked entry an operator deleted: the next one in line takes the turn.
   end
 end
+
+local last_put = ''  -- the entry id of the last PUT applied: what a ONCE with value "" keeps
 
 local apply
 apply = function(op)
@@ -462,6 +476,11 @@ apply = function(op)
     redis.call('LTRIM', op.agg, header + upto - base, -1)
     redis.call('LPUSH', op.agg, 'H' .. upto)
     return upto - base
+  elseif code == 'ONCE' then
+    local value = op.value
+    if value == '' then value = last_put end
+    redis.call('SET', op.key, value, 'PX', op.ttl)
+    return value
   end
 end
 
@@ -483,7 +502,11 @@ while i <= #ARGV do
     results[#results + 1] = {0, failed}
   else
     local replies = {}
-    for _, op in ipairs(ops) do replies[#replies + 1] = apply(op) end
+    for _, op in ipairs(ops) do
+      local reply = apply(op)
+      if op.code == 'PUT' then last_put = reply[1] end
+      replies[#replies + 1] = reply
+    end
     results[#results + 1] = {1, replies}
   end
 end
