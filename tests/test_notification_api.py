@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from examples.notification.api import create_api
-from examples.notification.client import idempotency_object_id
 from examples.notification.messages import SendNotification
 from streamcqrs.streams import Record, Subsystem
 
@@ -77,9 +76,7 @@ def test_same_idempotency_key_gives_the_first_id_and_one_operation(
     assert ids[0] == ids[1] == ids[2]
     assert ids[3] != ids[0]
     ops = client_ops(real_url)
-    assert [idempotency_object_id("abc"), idempotency_object_id("xyz")] == [
-        r.object_id for r in ops
-    ]
+    assert [ids[0], ids[3]] == [r.object_id for r in ops]
 
 
 def test_view_is_returned_as_stored(api: TestClient, real_url: str) -> None:
@@ -178,3 +175,17 @@ def test_arbitrary_input_never_answers_500(
     assert all(r.status_code in (200, 202, 404, 405, 422) for r in replies), [
         (r.request.url, r.status_code, r.text) for r in replies if r.status_code >= 500
     ]
+
+
+def test_status_of_a_request_and_of_an_unknown_id(api: TestClient) -> None:
+    """GET /notifications/{id}/status answers the client protocol's status of a request
+    (Available, no concern has read it yet: no bot runs here); an id never handed out is 404."""
+    posted = api.post("/notifications", json={"recipient": "alice", "subject": "Hi"})
+    tracking_id = posted.json()["id"]
+    reply = api.get(f"/notifications/{tracking_id}/status")
+    assert 200 == reply.status_code
+    assert {
+        "tracking_id": int(tracking_id), "found": True, "state": "Available",
+        "dead_letter": False, "concerns": {},
+    } == reply.json()  # fmt: skip
+    assert 404 == api.get("/notifications/999/status").status_code

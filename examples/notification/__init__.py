@@ -10,14 +10,14 @@ Where things are:
 
 ==================  ===========================================================================
 ``messages``        every operation and event, with its stored name
-``client``          ``send_notification``: tracking id from ``next_id()``, idempotency keys
+``client``          ``send_notification``, ``notification_status``: the client protocol
 ``app``             the handlers and what each declares (``streamcqrs run ...app:app``)
 ``notify``          notification bot: first event, sends, saga entry, deadline; failure report
 ``delivery``        email and Slack bots: send for real, write the outcome event
 ``senders``         SMTP (smtplib) and Slack webhook (httpx) senders
 ``saga``            the saga aggregate: settles on exactly one terminal event
 ``views``           ``NotificationView`` projection, snapshots, ``rebuild_views``
-``api``             FastAPI: POST/GET notifications, by email, audit events
+``api``             FastAPI: POST/GET notifications, status, by email, audit events
 ``directory``       recipients and their channel preferences
 ``config``          ``NOTIFICATION_*`` settings
 ``receivers``       local SMTP server (aiosmtpd) and Slack webhook stand-in

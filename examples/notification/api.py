@@ -6,11 +6,15 @@
 ``GET /notifications?email=a@example.com``  views of notifications to that address, newest
                                             first (found by the views' ``email`` tag)
 ``GET /notifications/{id}/events``          the notification's events: the audit trail
+``GET /notifications/{id}/status``          where the request stands per concern (the
+                                            client protocol's ``status``)
 ==========================================  ================================================
 
 An unknown id answers 404 with a body saying so; malformed input answers 422 (FastAPI's
 validation), never 500. ``POST`` takes an ``Idempotency-Key`` header (or
-``idempotency_key`` in the body): a retried request returns the first one's id.
+``idempotency_key`` in the body): a retried request returns the first one's id. Both
+``POST`` and ``/status`` go through ``streamcqrs.streams.client``, so the API can connect as
+the generated ``notification-client`` user for them.
 
 Run it alone with ``python -m examples.notification api`` (or uvicorn on ``create_api()``).
 
@@ -34,7 +38,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from examples.notification.app import app as bots_app
-from examples.notification.client import send_notification
+from examples.notification.client import notification_status, send_notification
 from streamcqrs.domain.errors import StreamCQRSError
 from streamcqrs.streams import Settings, Subsystem
 
@@ -153,6 +157,14 @@ def create_api(url: str | None = None, *, client: redis.asyncio.Redis | None = N
         records.sort(key=lambda r: int(r.object_id) if r.object_id.isdigit() else 0, reverse=True)
         raws = [r.raw for r in records[:limit]]
         return Response(content=b"[" + b",".join(raws) + b"]", media_type="application/json")
+
+    @api.get("/notifications/{notification_id}/status")
+    async def get_status(request: Request, notification_id: NotificationId) -> Response:
+        """Where the request stands: per concern Available, Running, Completed or Failed."""
+        status = await notification_status(notification_of(request), notification_id)
+        if not status.found:
+            return _not_found(notification_id)
+        return JSONResponse(status.as_dict())
 
     @api.get("/notifications/{notification_id}/events", response_model=None)
     async def get_events(

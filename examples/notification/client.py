@@ -1,29 +1,25 @@
 """The client protocol of the notification system: ask for a notification, get a tracking id.
 
 >>> tracking_id = await send_notification(notification, "alice", "Deploy done", "v2 is live")
+>>> (await notification_status(notification, tracking_id)).state
+<State.COMPLETED: 'Completed'>
 
-The tracking id comes from the client-operation stream's ``next_id()``; the operation is put
-under it, and every later event, view and operation of the notification carries it.
+Both go through the framework's client protocol (``streamcqrs.streams.client``): the tracking
+id comes from the client-operation stream's sequence, the operation is put under it (its
+``notification_id`` is the tracking id, and so is the id of every later event, view and
+operation of the notification), and ``status`` says where each concern stands.
 
 With an idempotency key, a retried request (a timeout, a double click) does not make a second
-notification: the operation is put with the key as its object id and ``OnExisting.SKIP``, so
-only the first put writes; a retry reads that first operation back and returns its tracking
-id. (That read is the one thing here beyond a write-only client's role: a client using keys
-needs read access to ``notification/client-ops`` besides put.)
+notification: the put's own script keeps the key and answers a repeat with the first tracking
+id. That works for the generated ``notification-client`` user, which may not read
+``notification/client-ops``.
 """
 
 from __future__ import annotations
 
 from examples.notification.messages import SendNotification
-from streamcqrs.streams import OnExisting, Subsystem
-from streamcqrs.streams.errors import StreamError
-
-CLIENT_OPS = "client-ops"
-
-
-def idempotency_object_id(key: str) -> str:
-    """The object id a request with idempotency key ``key`` is put under."""
-    return f"key-{key}"
+from streamcqrs.streams import Subsystem
+from streamcqrs.streams.client import Client, OperationStatus
 
 
 async def send_notification(
@@ -39,33 +35,26 @@ async def send_notification(
 
     ``notification`` is the notification subsystem on the caller's connection. Invalid input
     (empty subject, over-long fields) raises pydantic's ValidationError before anything is
-    written.
+    written, and before a tracking id is taken.
     """
-    tracking_id = str(await notification.writer(CLIENT_OPS).next_id())
-    op = SendNotification(
-        notification_id=tracking_id,
+    request = SendNotification(
+        notification_id="0",  # validated now; the tracking id goes in when there is one
         recipient=recipient,
         subject=subject,
         body=body,
         idempotency_key=idempotency_key,
         deadline_seconds=deadline_seconds,
     )
-    if not idempotency_key:
-        await notification.writer(CLIENT_OPS).put(op, object_id=tracking_id)
-        return tracking_id
-    object_id = idempotency_object_id(idempotency_key)
-    put = await notification.writer(CLIENT_OPS).put(
-        op, object_id=object_id, on_existing=OnExisting.SKIP
+    tracking_id = await Client(notification).execute(
+        lambda tracking: request.model_copy(update={"notification_id": str(tracking)}),
+        idempotency_key=idempotency_key or None,
     )
-    if put.written:
-        return tracking_id
-    first = await notification.reader(CLIENT_OPS).latest(object_id)
-    if first is None or not isinstance(first.message, SendNotification):
-        raise StreamError(
-            f"a request with idempotency key {idempotency_key!r} exists (entry {put.entry_id}) "
-            "but could not be read back; retry the request"
-        )
-    return first.message.notification_id
+    return str(tracking_id)
 
 
-__all__ = ["idempotency_object_id", "send_notification"]
+async def notification_status(notification: Subsystem, tracking_id: str | int) -> OperationStatus:
+    """Where the request stands, per concern handling it (the notification bot's)."""
+    return await Client(notification).status(int(tracking_id))
+
+
+__all__ = ["notification_status", "send_notification"]
