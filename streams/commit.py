@@ -502,6 +502,8 @@ class Commit:
             extra += [CONCERN_FIELD, parked.concern]
         if parked.policy:
             extra += [POLICY_FIELD, parked.policy]
+        if parked.envelope.seq is not None:
+            extra += [b"seq", parked.envelope.seq]  # a retried aggregate event keeps its version
         self.put_at(part, target, parked.envelope, on_existing=strategy, keep=parked.keep,
                     extra=extra)  # fmt: skip
 

@@ -39,12 +39,15 @@ class Delayed:
             e.correlation_id, e.causation_id, e.created_at, [list(t) for t in e.tags],
             e.fmt, str(self.on_existing), self.keep,
         ]  # fmt: skip
-        if self.attempt or self.concern or self.policy or e.trace:
+        seq = e.seq is not None
+        if self.attempt or self.concern or self.policy or e.trace or seq:
             fields += [self.attempt, self.concern]
-        if self.policy or e.trace:
+        if self.policy or e.trace or seq:
             fields.append(self.policy)
-        if e.trace:
-            fields.append(e.trace)  # last: the envelope's trace context
+        if e.trace or seq:
+            fields.append(e.trace)  # the envelope's trace context
+        if seq:
+            fields.append(e.seq)  # last: an aggregate event's version, kept by a retried copy
         return msgpack.packb(fields)
 
     @classmethod
@@ -61,5 +64,6 @@ class Delayed:
             correlation_id=corr, causation_id=cause, created_at=at,
             tags=tuple((n, v) for n, v in tags), fmt=fmt,
             trace=fields[16] if len(fields) > 16 else "",
+            seq=int(fields[17]) if len(fields) > 17 else None,
         )  # fmt: skip
         return cls(kind, envelope, str(on_existing), keep, attempt, concern, bytes(policy))
