@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from streamcqrs.bots import health
 from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.edge import cli as edge_cli
 from streamcqrs.bots.logging import LEVELS, configure
 from streamcqrs.bots.settings import PREFIX, BotSettings, load
 from streamcqrs.streams.cli import add_connection_options
@@ -222,6 +223,7 @@ def add_parsers(commands: Any) -> None:
     from streamcqrs.bots.dashboard.cli import add_parsers as add_dashboard
 
     add_dashboard(commands)
+    edge_cli.add_parsers(commands)  # gateway, token: the integration edge
 
 
 def _env_help(parser: argparse.ArgumentParser) -> None:

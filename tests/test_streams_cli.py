@@ -31,7 +31,7 @@ from tests.support import Backend
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
 COMMANDS = ("run", "status", "server", "tail", "show", "replay", "dead-letters", "failed", "acl",
-            "clean")
+            "clean", "gateway", "token")  # fmt: skip
 
 
 def cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
