@@ -5,11 +5,12 @@ entry is read once and handed to every listener whose filter takes it, so a thou
 browsers waiting on a thousand views cost one XREAD, not a thousand.
 
 Resuming: every SSE event's ``id`` is where its listener stands (per partition, the last
-entry sent, joined by ``,``). The first thing a listener gets is the comment ``: ready``: from then on nothing written
-is missed. A reconnect with ``Last-Event-ID`` first gets what was written after that (read with XRANGE), then live entries, each once: the listener is attached to the
-feed before the catch-up read, and live entries the catch-up already sent are dropped. A
-view's listener is sent the view's latest version on connect (if newer than its
-``Last-Event-ID``), so a UI waiting for a result gets it whether it came before or after.
+entry sent, joined by ``,``). The first thing a listener gets is the comment ``: ready``:
+from then on nothing written is missed. A reconnect with ``Last-Event-ID`` first gets what
+was written after that (read with XRANGE), then live entries, each once: the listener is
+attached to the feed before the catch-up read, and live entries the catch-up already sent
+are dropped. A view's listener is sent the view's latest version on connect (if newer than
+its ``Last-Event-ID``), so a UI waiting for a result gets it whether it came before or after.
 """
 
 from __future__ import annotations
