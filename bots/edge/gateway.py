@@ -65,6 +65,22 @@ from streamcqrs.streams.errors import EncodeError, IdempotencyKeyReused
 
 MAX_BODY = 1 << 20
 """Largest request body taken (the envelope's payload limit)."""
+POOL = 64
+"""Server connections the gateway keeps at most; a burst of requests waits for one (up to
+``POOL_WAIT`` seconds) instead of failing ("too many connections")."""
+POOL_WAIT = 20.0
+
+
+def pooled_client(url: str | None) -> redis.asyncio.Redis:
+    """An asyncio client whose pool makes a burst of requests wait for a connection."""
+    base = Settings(url=url).async_client()
+    pool = redis.asyncio.BlockingConnectionPool(
+        connection_class=base.connection_pool.connection_class,
+        max_connections=POOL,
+        timeout=POOL_WAIT,
+        **base.connection_pool.connection_kwargs,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 class Problem(Exception):
@@ -190,7 +206,7 @@ def create_gateway(
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         own = client is None
-        connection = client or Settings(url=url).async_client()
+        connection = client or pooled_client(url)
         edge = Edge(
             app=app, client=connection, tokens=Tokens(connection, subsystem=tokens),
             subscriptions=Subscriptions(connection, subsystem=subscriptions,

@@ -95,8 +95,9 @@ class RelayConfig:
     """Most deliveries one run sends to one receiver before it hands on."""
     lease_ms: int = 30_000
     """How long a sender's lease on a receiver lasts without progress (a hung sender's)."""
-    busy_wait: float = 0.1
-    """Seconds a delivery waits when another sender is delivering to its receiver."""
+    busy_wait: float = 2.0
+    """Seconds a delivery waits (in its handler, then parked for as long) while another run
+    is delivering to its receiver."""
     failing_wait: float = 1.0
     """Seconds a delivery waits behind an earlier one that failed and waits for its retry."""
 
@@ -252,10 +253,18 @@ def _sender(relay: Relay) -> Any:
             ctx.client, relay.keys.for_object(sid), sid, lease_ms=relay.config.lease_ms
         ))  # fmt: skip
         state = await run.pump.take()
-        if not state.taken:
+        waited, pause = 0.0, 0.01
+        while not state.taken:
             if run.settled(state):
                 return
-            raise NotYet(relay.config.busy_wait, "another run is delivering to this receiver")
+            if waited >= relay.config.busy_wait:
+                raise NotYet(relay.config.busy_wait, "another run is delivering to this receiver")
+            # The run holding the lease is most likely delivering this one too (a burst):
+            # waiting here a moment is cheaper than parking the record and reading it again.
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.2)
+            state = await run.pump.take()
         try:
             await run.deliver(state)
         except _Stop as stop:
