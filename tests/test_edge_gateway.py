@@ -14,17 +14,22 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamcqrs.bots.bot import Bot
 from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.edge import Subscriptions, webhooks
 from streamcqrs.bots.edge.gateway import create_gateway
+from streamcqrs.bots.edge.receiver import Delivery, cookie_receiver
 from streamcqrs.bots.edge.relay import relay_app
 from streamcqrs.bots.edge.tokens import Tokens
 from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
+from streamcqrs.streams.client import Client
+from streamcqrs.streams.envelope import parse
 from tests.edge_support import Receiver, eventually, receiver, serve
-from tests.edgeapps import app
+from tests.edgeapps import RequestFromHuman, app
 from tests.support import Backend
 
 HELLO = SubsystemKeys("hello")
@@ -287,3 +292,64 @@ def test_realtime_over_http(real: Backend, run: Callable[[Any], Any], gateway: s
     data = only.json["data"]
     assert ("Viewmodel=Pdf&RootId=2", "pdf-42", "done") == (
         data["cookie"], data["event_id"], data["event_data"])
+
+
+def test_the_receiving_side_turns_a_cookie_into_one_operation(
+    real: Backend, run: Callable[[Any], Any]
+) -> None:
+    """A realtime subscription whose recipient is a ``cookie_receiver`` (a real server on
+    loopback): a trigger's delivery is verified and its cookie becomes one operation in the
+    hello subsystem; the same delivery sent twice more (as the relay retries: same
+    webhook-id) makes no second one; a forged one is refused 401."""
+    secret: dict[str, str] = {}
+
+    def work(delivery: Delivery) -> RequestFromHuman | None:
+        fields = delivery.fields()
+        if fields.get("Viewmodel") != "Greet":
+            return None
+        return RequestFromHuman(name=fields["RootId"])
+
+    # Its own client: the receiver runs on uvicorn's event loop, not the test's.
+    hello = Client(Subsystem("hello", redis.asyncio.Redis.from_url(real.url or "")))
+    receiving = cookie_receiver(hello, work, secret=lambda: secret["key"], path="/event")
+
+    async def scene(base: str) -> int:
+        subs = Subscriptions(real.client())
+        made = await subs.subscribe_realtime("greet-7", "Viewmodel=Greet&RootId=ann",
+                                             f"{base}/event")  # fmt: skip
+        secret["key"] = made.secret
+        bot = _relay_bot(real.url or "")
+        running = asyncio.create_task(bot.run())
+        try:
+            await subs.trigger("greet-7", "now")
+            await eventually(lambda: client_ops(real) >= 1, "the operation executed")
+        finally:
+            bot.stop()
+            await running
+            await bot.client.aclose()
+        view = await subs.get(made.id)
+        assert view is not None
+        key = SubsystemKeys("realtime").partition(0).stream(Kind.EVENTS)
+        ((entry_id, raw),) = real.sync_client().xrange(key)
+        envelope = parse(key, entry_id.decode(), raw)
+        again = webhooks.Event(
+            subsystem="realtime", stream="events", entry_id=entry_id.decode(),
+            message_id=envelope.message_id, type=envelope.type, object_id="greet-7",
+            at_ms=envelope.created_at, channel=view.channel,
+            trigger={"event_id": "greet-7", "data": "now"},
+        )  # fmt: skip
+        async with httpx.AsyncClient() as http:
+            for _ in range(2):
+                outcome, why = await webhooks.post(http, view, again)
+                assert webhooks.Outcome.DELIVERED == outcome, why
+            forged = await http.post(f"{base}/event", content=b'{"data": {}}', headers={
+                "webhook-id": "x", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"})
+        return forged.status_code
+
+    with serve(receiving) as base:
+        forged = run(scene(base))
+    assert 401 == forged
+    assert 1 == client_ops(real)
+    with redis.Redis.from_url(real.url or "") as admin:
+        ((_, raw),) = admin.xrange(HELLO.partition(0).stream(Kind.CLIENT_OPERATIONS))
+    assert b"request_from_human" == raw[b"type"]

@@ -10,6 +10,7 @@ are imported on first use, so ``streamcqrs`` runs without it.
 ``gateway``         ``create_gateway(app)``: the FastAPI gateway; ``streamcqrs gateway``
 ``tokens``          ``Tokens``: the gateway's bearer tokens; ``streamcqrs token``
 ``live``            ``Hub``: Server-Sent Events of events and view versions
+``receiver``        ``cookie_receiver``: the receiving side, a cookie becomes an operation
 ``channels``        ``Channel``: ``event://SUBSYSTEM/STREAM/TYPE`` with ``*``
 ``webhooks``        the delivery's body, Standard Webhooks signature, and POST
 ==================  ========================================================================
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from streamcqrs.bots.edge.channels import Channel
     from streamcqrs.bots.edge.gateway import create_gateway
+    from streamcqrs.bots.edge.receiver import Delivery, cookie_receiver
     from streamcqrs.bots.edge.relay import RelayConfig, relay_app
     from streamcqrs.bots.edge.subscriptions import (
         AccessDenied,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "AccessDenied": "subscriptions",
     "Channel": "channels",
+    "Delivery": "receiver",
+    "cookie_receiver": "receiver",
     "RelayConfig": "relay",
     "SubscriptionError": "subscriptions",
     "SubscriptionView": "subscriptions",
@@ -58,6 +62,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AccessDenied",
     "Channel",
+    "Delivery",
     "RelayConfig",
     "Subscribing",
     "SubscriptionError",
@@ -65,6 +70,7 @@ __all__ = [
     "Subscriptions",
     "Token",
     "Tokens",
+    "cookie_receiver",
     "create_gateway",
     "relay_app",
 ]
