@@ -71,9 +71,9 @@ POOL = 64
 POOL_WAIT = 20.0
 
 
-def pooled_client(url: str | None) -> redis.asyncio.Redis:
+def pooled_client(settings: Settings) -> redis.asyncio.Redis:
     """An asyncio client whose pool makes a burst of requests wait for a connection."""
-    base = Settings(url=url).async_client()
+    base = settings.async_client()
     pool = redis.asyncio.BlockingConnectionPool(
         connection_class=base.connection_pool.connection_class,
         max_connections=POOL,
@@ -195,18 +195,20 @@ def create_gateway(
     app: App,
     *,
     url: str | None = None,
+    settings: Settings | None = None,
     client: redis.asyncio.Redis | None = None,
     subscriptions: str = SUBSCRIPTIONS,
     realtime: str = REALTIME,
     tokens: str = TOKENS,
     subscription_partitions: int = 1,
 ) -> FastAPI:
-    """The gateway of ``app`` on the server at ``url`` (default ``REDIS_URL``) or ``client``."""
+    """The gateway of ``app`` on the server at ``url`` (default ``REDIS_URL``), or as
+    ``settings`` say (an ACL user: ``streamcqrs.bots.edge.acl.gateway``), or on ``client``."""
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         own = client is None
-        connection = client or pooled_client(url)
+        connection = client or pooled_client(settings or Settings(url=url))
         edge = Edge(
             app=app, client=connection, tokens=Tokens(connection, subsystem=tokens),
             subscriptions=Subscriptions(connection, subsystem=subscriptions,

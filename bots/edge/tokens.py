@@ -58,16 +58,19 @@ class Token:
         return f"{action}:{subsystem}" in self.scopes or f"{action}:*" in self.scopes
 
 
+def token_keys(subsystem: str = TOKENS) -> tuple[str, str]:
+    """The token table's keys: hash -> record, and name -> hash."""
+    tag = f"{{{subsystem}.0}}"
+    return f"{tag}:tokens", f"{tag}:tokens:names"
+
+
 class Tokens:
     """Make, check, list and revoke the gateway's bearer tokens on one server."""
 
     def __init__(self, client: redis.asyncio.Redis, *, subsystem: str = TOKENS) -> None:
         self.client = client
-        tag = f"{{{subsystem}.0}}"
-        self.by_hash = f"{tag}:tokens"
-        """Hash: token SHA-256 -> JSON {name, scopes, created_ms}."""
-        self.by_name = f"{tag}:tokens:names"
-        """Hash: token name -> its SHA-256 (to revoke by name)."""
+        self.by_hash, self.by_name = token_keys(subsystem)
+        """Hashes: token SHA-256 -> JSON {name, scopes, created_ms}; name -> SHA-256."""
 
     async def create(self, name: str, scopes: list[str]) -> str:
         """A new token named ``name`` with ``scopes``; the token itself, shown only now.
@@ -115,4 +118,4 @@ class Tokens:
         )
 
 
-__all__ = ["ACTIONS", "PREFIX", "TOKENS", "Token", "Tokens", "check_scope"]
+__all__ = ["ACTIONS", "PREFIX", "TOKENS", "Token", "Tokens", "check_scope", "token_keys"]
