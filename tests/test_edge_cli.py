@@ -60,3 +60,17 @@ def test_tokens_from_the_command_line_open_the_gateway_until_revoked(real: Backe
     assert (0, 401) == (revoked.returncode, after.status_code)
     bad = streamcqrs("token", "create", "x", "--scope", "read:hello", url=url)
     assert "must be ACTION:SUBSYSTEM" in one_error_line(bad)
+
+
+def test_gateway_acl_prints_the_gateway_and_relay_users() -> None:
+    """``gateway --acl --relay`` prints one ACL SETUSER line each for the gateway's and the
+    relay's users, each after a comment saying what it is for, and starts no server."""
+    result = streamcqrs("gateway", "tests.edgeapps:app", "--acl", "--relay",
+                        "bench.edge_apps:relay", "--password", "pw")  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    lines = result.stdout.splitlines()
+    assert ["# hello-gateway", "ACL SETUSER hello-gateway", "# relay-bot",
+            "ACL SETUSER relay-bot"] == [
+        " ".join(line.split()[:3 if line.startswith("ACL") else 2]).rstrip(":")
+        for line in lines
+    ]  # fmt: skip

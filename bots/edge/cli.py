@@ -1,6 +1,7 @@
 """``streamcqrs gateway`` and ``streamcqrs token``: serve an app over HTTP, and its tokens.
 
 streamcqrs gateway shop:app --port 8080
+streamcqrs gateway shop:app --acl --relay mymodule:relay   # their Redis users
 streamcqrs token create ui --scope execute:shop --scope views:shop
 streamcqrs token revoke ui
 
@@ -33,6 +34,17 @@ def add_parsers(commands: Any) -> None:
     gateway.add_argument("app", metavar="MODULE:APP", help="the App to serve: shop:app")
     gateway.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     gateway.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    gateway.add_argument(
+        "--acl", action="store_true",
+        help="print the gateway's least-privilege Redis user (ACL SETUSER) and exit",
+    )  # fmt: skip
+    gateway.add_argument(
+        "--relay", metavar="MODULE:APP",
+        help="with --acl, also print the user of this relay app (relay_app(...))",
+    )  # fmt: skip
+    gateway.add_argument(
+        "--password", help="with --acl: the users' password (default: a random one each)"
+    )
     add_connection_options(gateway, imports=False)
     gateway.set_defaults(func=gateway_command)
 
@@ -74,8 +86,19 @@ def gateway_command(args: argparse.Namespace, out: TextIO) -> int:
     from streamcqrs.bots.edge.gateway import create_gateway
     from streamcqrs.handlers import App
 
-    url = require_url(args.url)
     app = App.load(args.app)
+    if args.acl:
+        from streamcqrs.bots.edge import acl as edge_acl
+        from streamcqrs.streams.acl import Roles, new_password
+
+        made = [edge_acl.gateway(app)]
+        if args.relay:
+            made.append(edge_acl.relay(App.load(args.relay)))
+        roles = Roles(tuple(made))
+        for line in roles.render({r.name: args.password or new_password() for r in made}):
+            out.write(line + "\n")
+        return 0
+    url = require_url(args.url)
     out.write(f"gateway of {app.name} on http://{args.host}:{args.port}\n")
     uvicorn.run(create_gateway(app, url=url), host=args.host, port=args.port, log_level="info")
     return 0
