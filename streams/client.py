@@ -54,14 +54,16 @@ from redis.exceptions import ResponseError
 
 from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Message
+from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.streams._wire import send_all
-from streamcqrs.streams.commit import Commit
+from streamcqrs.streams.commit import POLICY_FIELD, Commit
 from streamcqrs.streams.deadletter import KIND as DEAD
 from streamcqrs.streams.envelope import Tags, as_str, as_tags, encode
 from streamcqrs.streams.errors import AlreadySet, IdempotencyKeyReused
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 from streamcqrs.streams.statuses import CLAIMABLE, Status, decode_stored
 from streamcqrs.streams.subsystem import Subsystem
+from streamcqrs.streams.tracing import Span, put_span
 
 OperationFactory = Callable[[int], Message]
 """Builds the operation once its tracking id is known (an operation that carries its id)."""
@@ -178,6 +180,9 @@ class _Request:
     object_id: str | int | None
     tags: Tags
     correlation_id: str
+    policy: ExecutionPolicy | None = None
+    span: Span | None = None
+    """The put's span when tracing is on: the entry names it, and it names the entry."""
 
 
 class Client:
@@ -211,14 +216,25 @@ class Client:
         object_id: str | int | None = None,
         tags: TagsIn = None,
         correlation_id: str = "",
+        policy: ExecutionPolicy | None = None,
     ) -> int:
         """Put an operation under a fresh tracking id; return the tracking id.
 
         ``op`` is the operation, or a function building it from its tracking id. With
         ``idempotency_key``, every call with that key within the ttl returns the first
         call's tracking id and stores one operation (see the module docstring).
-        IdempotencyKeyReused if the key was used for a different operation.
+        IdempotencyKeyReused if the key was used for a different operation. ``policy``
+        (default: the operation class's) travels with the entry, as with ``put``; with
+        tracing on the execute is a put's span.
         """
+        with put_span(f"{self.keys.subsystem}/{self.kind}") as span:
+            return await self._execute(op, idempotency_key,
+                                       _Request(op, object_id, as_tags(tags), correlation_id,
+                                                policy, span))  # fmt: skip
+
+    async def _execute(
+        self, op: Message | OperationFactory, idempotency_key: str | None, request: _Request
+    ) -> int:
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
             raise ConfigurationError(
                 f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters long"
@@ -226,7 +242,6 @@ class Client:
         # A factory's payload carries its tracking id: only a ready operation is compared.
         mark = fingerprint(op, self.types) if isinstance(op, Message) else ""
         tracking_id = await next_tracking_id(self.client, self.keys, self.kind)
-        request = _Request(op, object_id, as_tags(tags), correlation_id)
         if idempotency_key is None:
             await self._put(tracking_id, request)
             return tracking_id
@@ -270,6 +285,7 @@ class Client:
         """Add the put of ``tracking_id``'s operation and its tracking pointer to ``commit``."""
         op = request.op
         message = op if isinstance(op, Message) else op(tracking_id)
+        span = request.span
         envelope = encode(
             message,
             object_id=str(tracking_id if request.object_id is None else request.object_id),
@@ -277,9 +293,13 @@ class Client:
             correlation_id=request.correlation_id,
             message_id=tracking_message_id(self.keys, self.kind, tracking_id),
             types=self.types,
+            trace=span.traceparent if span else "",
         )
+        if span:
+            span.named(envelope)
         part = self.keys.for_object(envelope.object_id)
-        commit.put_at(part, self.kind, envelope)
+        policy = ExecutionPolicy.packed_for(message, request.policy)
+        commit.put_at(part, self.kind, envelope, extra=(POLICY_FIELD, policy) if policy else ())
         commit.once(part.tracking(self.kind, tracking_id), self.ttl_ms)
         return part
 

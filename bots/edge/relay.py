@@ -163,12 +163,16 @@ def relay_app(
     relay = Relay(config, app, SubsystemKeys(subscriptions, partitions), refs)
     views = f"{subscriptions}/views"
     for ref in refs:
+        # From the beginning: an entry written after a subscription but before the relay's
+        # first start is still delivered; older ones match no subscription (each counts only
+        # what came after it went live), so a first start reads the history once, sending
+        # nothing for it.
         app.handler(AnyMessage, Triggered, stream=str(ref), concern=MATCHER,
-                    appends=[subscriptions], reads=[views],
+                    appends=[subscriptions], reads=[views], start="beginning",
                     name=f"relay.match {ref}")(_matcher(relay))  # fmt: skip
     app.handler(Queued, Subscribed, stream=f"{subscriptions}/events", concern=SENDER,
                 appends=[subscriptions], writes=[views], reads=[views, *map(str, refs)],
-                name="relay.deliver")(_sender(relay))  # fmt: skip
+                start="beginning", name="relay.deliver")(_sender(relay))  # fmt: skip
     app.ignore(Unsubscribed, stream=f"{subscriptions}/events")
     return app
 
