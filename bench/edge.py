@@ -318,14 +318,15 @@ How to read it (2 shared cores: the server, the relay or gateway, the receiver o
 SSE clients all run on them, so figures move by tens of percent between runs; compare the
 ratios of one run):
 
-- **Webhooks.** Each delivery is a signed POST with httpx, one receiver at a time per
-  subscriber (order per subscriber), plus the relay's bookkeeping: the matcher's commit (one
-  per event, queueing for every matching subscription at once), the lease and cursor of the
-  receiver, reading the queue, and the delivery's own commit. A py-spy profile of the relay
-  puts over 40 % of its time in httpx/httpcore's request path (socket writes, its pool, a
-  per-request import check), which the bare loop pays too; the bookkeeping is the rest.
-  The baseline is the same number of signed POSTs from a bare httpx loop with as many
-  concurrent senders; both are bounded by the receiver (uvicorn on h11) sharing the cores.
+- **Webhooks.** Each delivery is a signed POST with httpx, one at a time per subscriber
+  (order per subscriber), as in the bare loop; the relay adds its bookkeeping: its share of
+  the matcher's commit (one per event, queueing for every matching subscription at once),
+  the delivery record's own handler run and commit (a run that finds its delivery already
+  sent by the run draining its receiver just completes), the receiver's lease and cursor
+  (one script call per POST, and polls while another run drains), and reading the queue.
+  That is the relay's CPU beyond the bare loop's per POST (about 2x at this size; a py-spy
+  profile of the relay puts over 40 % of its time in httpx/httpcore's request path). Both
+  rates are bounded by the receiver (uvicorn on h11) sharing the two cores.
 - **SSE fan-out.** One gateway process holds 1,000 connections on one view; one XREAD
   feeds them all (the hub), so the server sees one reader, not 1,000. The time from a
   commit until the last of 1,000 clients has the new version is the cost of writing 1,000
