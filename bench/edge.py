@@ -272,8 +272,8 @@ def rows(url: str, smoke: bool) -> list[tuple[str, str, float, str, float | None
     clients, rounds = (50, 3) if smoke else (1000, 20)
     hooks = webhooks(url, subscribers, events)
     fan = sse_fanout(url, clients, rounds)
-    case = f"11 webhooks {subscribers}x{events}"
-    sse = f"12 SSE fan-out x{clients}"
+    case = f"E1 webhooks {subscribers}x{events}"
+    sse = f"E2 SSE fan-out x{clients}"
     return [
         (case, "deliveries/s (bare signed POSTs)", hooks["per_s"], "d/s", hooks["bare_per_s"]),
         (case, "relay CPU per delivery (bare loop's per POST)", hooks["relay_cpu_us"], "us",
