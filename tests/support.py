@@ -6,16 +6,43 @@ The fixtures that hand them out live in ``conftest.py``.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from functools import cache
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 
-from streamcqrs.streams import Subsystem
+from streamcqrs.streams import Settings, Subsystem
 from streamcqrs.streams.testing import MemoryServer
 
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, T]], T]
+
+
+@cache
+def is_cluster_url(url: str) -> bool:
+    """True if the server at ``url`` is a cluster (asked once per URL)."""
+    return Settings(url=url, username=None, password=None).is_cluster()
+
+
+def sync_client(url: str) -> redis.Redis:
+    """A sync client of the server at ``url`` (a cluster client if it is a cluster)."""
+    if is_cluster_url(url):
+        return Settings(url=url, username=None, password=None, cluster=True).client()
+    return redis.Redis.from_url(url)
+
+
+def async_client(url: str) -> redis.asyncio.Redis:
+    """An asyncio client of the server at ``url`` (a cluster client if it is a cluster)."""
+    if is_cluster_url(url):
+        return Settings(url=url, username=None, password=None, cluster=True).async_client()
+    return redis.asyncio.Redis.from_url(url)
+
+
+def flush(url: str) -> None:
+    """Empty the server at ``url`` (every primary of a cluster)."""
+    with sync_client(url) as admin:
+        admin.flushall()
 
 
 class Backend:
@@ -28,21 +55,17 @@ class Backend:
         self._memory = MemoryServer() if url is None else None
         self._clients: list[redis.asyncio.Redis] = []
         self._sync_clients: list[redis.Redis] = []
+        self.cluster = url is not None and is_cluster_url(url)
 
     def client(self) -> redis.asyncio.Redis:
         """A new asyncio client on this backend."""
-        client = (
-            self._memory.client() if self._memory else redis.asyncio.Redis.from_url(self.url or "")
-        )
+        client = self._memory.client() if self._memory else async_client(self.url or "")
         self._clients.append(client)
         return client
 
     def sync_client(self) -> redis.Redis:
         """A new sync client on this backend."""
-        if self._memory:
-            client = self._memory.sync_client()
-        else:
-            client = redis.Redis.from_url(self.url or "")
+        client = self._memory.sync_client() if self._memory else sync_client(self.url or "")
         self._sync_clients.append(client)
         return client
 

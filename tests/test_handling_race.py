@@ -14,12 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from streamcqrs.streams import Kind
 from streamcqrs.streams.handling import HandlingStore
 from streamcqrs.streams.statuses import Action, Status
-from tests.support import Backend, Run
+from tests.support import Backend, Run, sync_client
 
 RECORDS = 1000
 PARTITIONS = 2
@@ -30,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # refused as JSON.
 RACER = """
 import asyncio, json, random, sys
-import redis, redis.asyncio
-from streamcqrs.streams import Commit, Kind, SubsystemKeys
+from streamcqrs.streams import Commit, Kind, Settings, SubsystemKeys
 from streamcqrs.streams.commit import run_commits
 from streamcqrs.streams.errors import InvalidTransition
 from streamcqrs.streams.statuses import Action
@@ -39,11 +36,11 @@ from streamcqrs.streams.statuses import Action
 url, consumer, partitions, records = sys.argv[1:5]
 
 async def main():
-    client = redis.asyncio.Redis.from_url(url)
+    client = Settings(url=url).async_client()  # a cluster client on a cluster
     keys = SubsystemKeys("race", int(partitions))
     todo = [(f"m{n:04d}", f"order-{n}" if n % 2 else "") for n in range(int(records))]
     random.Random(consumer).shuffle(todo)
-    with redis.Redis.from_url(url) as sync:
+    with Settings(url=url).client() as sync:
         sync.rpush("race:ready", consumer)
         if not sync.blpop("race:go", timeout=20):
             sys.exit("no start signal")
@@ -84,7 +81,7 @@ def _race(url: str) -> list[dict[str, Any]]:
         for n in range(2)
     ]
     try:
-        with redis.Redis.from_url(url) as admin:
+        with sync_client(url) as admin:
             for _ in procs:
                 assert admin.blpop("race:ready", timeout=30), "a racer did not start"
             admin.rpush("race:go", *["go"] * len(procs))

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-import redis
-import redis.asyncio
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,12 +18,13 @@ from hypothesis import strategies as st
 from examples.notification.api import create_api
 from examples.notification.messages import SendNotification
 from streamcqrs.streams import Record, Subsystem
+from tests.support import async_client, sync_client
 
 
 @pytest.fixture
 def api(real_url: str) -> Iterator[TestClient]:
     """The API on a flushed real server."""
-    with redis.Redis.from_url(real_url) as admin:
+    with sync_client(real_url) as admin:
         admin.flushall()
     with TestClient(create_api(real_url), raise_server_exceptions=False) as client:
         yield client
@@ -33,15 +32,15 @@ def api(real_url: str) -> Iterator[TestClient]:
 
 def client_ops(url: str) -> list[Record]:
     """Everything in notification/client-ops."""
-    with redis.Redis.from_url(url) as sync:
-        sub = Subsystem("notification", redis.asyncio.Redis.from_url(url), sync_client=sync)
+    with sync_client(url) as sync:
+        sub = Subsystem("notification", async_client(url), sync_client=sync)
         return asyncio.run(sub.reader("client-ops").read())
 
 
 def put_view(url: str, nid: str, raw: bytes, tags: dict[str, str]) -> None:
     """Store a view's bytes as the projection would."""
-    with redis.Redis.from_url(url) as sync:
-        sub = Subsystem("notification", redis.asyncio.Redis.from_url(url), sync_client=sync)
+    with sync_client(url) as sync:
+        sub = Subsystem("notification", async_client(url), sync_client=sync)
         sub.sync_writer("views").put_view(nid, raw, type_name="notification.NotificationView",
                                          tags=tags)  # fmt: skip
 

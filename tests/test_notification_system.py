@@ -21,8 +21,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
-import redis.asyncio
 
 from examples.notification.demo import api_server, bot_processes
 from examples.notification.messages import (
@@ -34,6 +32,7 @@ from examples.notification.messages import (
 from examples.notification.receivers import SlackStandIn, SmtpReceiver
 from streamcqrs.domain import Event
 from streamcqrs.streams import LocalServer, Record, Subsystem
+from tests.support import async_client, sync_client
 
 TEAM = "team@example.com"
 DIRECTORY = {
@@ -90,7 +89,7 @@ class System:
         """Records of one stream carrying a tag."""
 
         async def read() -> list[Record]:
-            client = redis.asyncio.Redis.from_url(self.url)
+            client = async_client(self.url)
             try:
                 return await Subsystem(subsystem, client).reader(kind).by_tag(tag, value)
             finally:
@@ -104,7 +103,7 @@ async def await_view(
 ) -> tuple[bool, dict[str, Any] | None]:
     """Follow the views stream until ``nid``'s view satisfies ``done`` (at most ``within``
     seconds); return whether it did, and the last view seen."""
-    client = redis.asyncio.Redis.from_url(url)
+    client = async_client(url)
     views = Subsystem("notification", client).reader("views")
     last: dict[str, Any] | None = None
     try:
@@ -125,7 +124,7 @@ async def await_record(
     url: str, subsystem: str, match: Callable[[Record], bool], within: float = 15
 ) -> Record:
     """Follow ``subsystem``'s events until a record matches; fail after ``within`` s."""
-    client = redis.asyncio.Redis.from_url(url)
+    client = async_client(url)
     try:
         async with asyncio.timeout(within):
             events = Subsystem(subsystem, client).reader("events")
@@ -287,7 +286,7 @@ def test_rebuild_views_from_events(system: System) -> None:
     system.final(done[0])
     system.final(done[1], reported=True)
     before = {nid: system.http.get(f"/notifications/{nid}").content for nid in done}
-    with redis.Redis.from_url(system.url) as admin:
+    with sync_client(system.url) as admin:
         gone = [k for k in admin.scan_iter(match="{notification.*}:views*")]
         admin.delete(*gone)
     assert 404 == system.http.get(f"/notifications/{done[0]}").status_code
@@ -308,7 +307,7 @@ def test_snapshots_every_n_events(system: System) -> None:
     system.final(nid)
 
     async def latest() -> tuple[Record | None, Record | None]:
-        client = redis.asyncio.Redis.from_url(system.url)
+        client = async_client(system.url)
         try:
             snapshots = Subsystem("notification", client).reader("snapshots")
             return await snapshots.latest(nid), await snapshots.latest(f"{nid}.saga")
@@ -331,7 +330,7 @@ def test_every_notification_has_exactly_one_terminal_event(system: System) -> No
     """Across everything the module asked for, each notification has one terminal event."""
 
     async def count() -> dict[str, int]:
-        client = redis.asyncio.Redis.from_url(system.url)
+        client = async_client(system.url)
         try:
             records = await Subsystem("notification", client).reader("events").read()
         finally:

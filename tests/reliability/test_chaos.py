@@ -24,7 +24,7 @@ from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.statuses import Action, HistoryEntry, Status, decode_stored
 from tests.reliability.apps import Do
 from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
-from tests.support import Backend, Run
+from tests.support import Backend, Run, async_client, sync_client
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 OPERATIONS = 10_000 if LONG else 2_500
@@ -40,8 +40,8 @@ STREAM = KEYS.stream(Kind.CLIENT_OPERATIONS)
 
 def _produce(url: str, count: int, message_ids: dict[int, str], errors: list[str]) -> None:
     """Put ``count`` operations at RATE per second, recording each one's message id."""
-    with redis.Redis.from_url(url) as client:
-        subsystem = Subsystem("chaos", redis.asyncio.Redis.from_url(url), sync_client=client)
+    with sync_client(url) as client:
+        subsystem = Subsystem("chaos", async_client(url), sync_client=client)
         writer = subsystem.sync_writer(Kind.CLIENT_OPERATIONS)
         start = time.monotonic()
         try:

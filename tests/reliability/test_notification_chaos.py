@@ -25,7 +25,7 @@ from examples.notification.bench_support import FAKE_SENDERS_ENV
 from examples.notification.client import send_notification
 from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
 from tests.reliability.bots import BotProcess, pending, stop_all, wait_until
-from tests.support import Backend
+from tests.support import Backend, async_client
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 NOTIFICATIONS = 2_000 if LONG else 300
@@ -60,7 +60,7 @@ def _all_groups_drained(client: redis.Redis) -> bool:
 
 def _send(url: str, tracking: list[str], errors: list[str]) -> None:
     async def go() -> None:
-        notification = Subsystem("notification", redis.asyncio.Redis.from_url(url))
+        notification = Subsystem("notification", async_client(url))
         start = time.monotonic()
         for n in range(NOTIFICATIONS):
             recipient = ("alice", "bob", "carol", "dave")[n % 4]
