@@ -76,6 +76,12 @@ def bot(app: App) -> acl.Role:
             parts.append(acl.append(_keys(app, subsystem)))
         for source in sorted(spec.reads):
             parts.append(acl.read(_keys(app, source.subsystem), source.kind))
+    # On a cluster each bot relays its input partitions' outboxes into what it writes to.
+    inputs_of = {s.subsystem for s, _ in app.groups()}
+    targets = {t.subsystem for spec in app.handlers for t in spec.writes}
+    targets |= {a for spec in app.handlers for a in spec.appends}
+    parts.append(acl.relay([_keys(app, s) for s in sorted(inputs_of)],
+                           [_keys(app, s) for s in sorted(targets)]))  # fmt: skip
     inputs = ", ".join(sorted({f"{s}/{c}" for s, c in app.groups()}))
     return acl.role(f"{app.name}-bot", parts, f"bots of app {app.name!r} ({inputs})")
 

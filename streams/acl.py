@@ -33,14 +33,20 @@ from functools import partial
 import redis
 
 from streamcqrs.domain.errors import ConfigurationError
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.keys import Kind, PartitionKeys, SubsystemKeys
 
 _SENTINEL = "\x00any\x00"
 _GLOB_SPECIAL = "\\*?[]"
 SCRIPT_COMMANDS = ("evalsha", "script|load")
 """How the framework runs its Lua scripts: EVALSHA, and SCRIPT LOAD after a NOSCRIPT."""
-CONNECTION_COMMANDS = ("ping", "client|setinfo")
-"""Keyless commands every role gets: health checks, and redis-py's library name on connect."""
+CONNECTION_COMMANDS = (
+    "ping", "client|setinfo", "cluster|info", "cluster|slots", "cluster|shards", "command",
+    "asking",
+)  # fmt: skip
+"""Keyless commands every role gets: health checks, redis-py's library name on connect, and
+what a cluster client needs: whether the server is a cluster, which node serves which slots,
+the command table (to find a command's keys) and ASKING (a slot being moved)."""
 READER_COMMANDS = (
     "xrange", "xrevrange", "xread", "xlen", "hget", "zrangebyscore", "zrevrangebyscore",
 )  # fmt: skip
@@ -192,10 +198,16 @@ class Role:
         return " ".join(f'"{p}"' if " " in p else p for p in parts)
 
     def apply(self, client: redis.Redis, password: str | None) -> None:
-        """Create or replace the user on the server ``client`` is connected to."""
-        client.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            "ACL", "SETUSER", *self.setuser_args(password)
-        )
+        """Create or replace the user on the server ``client`` is connected to.
+
+        On a cluster, on every node it has now, replicas too (each node keeps its own users;
+        a node added later needs them applied again).
+        """
+        args = ("ACL", "SETUSER", *self.setuser_args(password))
+        if is_cluster(client):
+            client.execute_command(*args, target_nodes=redis.RedisCluster.ALL_NODES)  # type: ignore[no-untyped-call]
+        else:
+            client.execute_command(*args)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
 
 def new_password() -> str:
@@ -379,6 +391,39 @@ def consume(keys: SubsystemKeys, kind: Kind, concern: str, *, ordered: bool = Fa
     return own + mover
 
 
+RELAY_REGISTRY = "{streamcqrs}:relays"
+"""The sorted set of live relays (``bots.relay.RELAYS``; the layers below bots name it here)."""
+
+
+def relay(inputs: Iterable[SubsystemKeys], targets: Iterable[SubsystemKeys]) -> Grants:
+    """Forward the outboxes of ``inputs`` (a bot's relay on a cluster) into ``targets``.
+
+    The relay reads and trims its partitions' outboxes, takes their leases (``lease.lua``),
+    notes itself among the relays alive, and marks each forwarded message id in the target
+    partition (``commit.lua``'s ONCE). The forwarded calls themselves write what the
+    handlers declared, which the role has from ``put`` and ``append``; one refused there
+    goes back to its record (handling store, delayed set, dead letters: ``consume``'s).
+    """
+    outboxes, leases, marks = [], [], []
+    for keys in inputs:
+        outboxes += [escape(p.outbox) for p in _parts(keys)]
+        leases += [escape(p.outbox_lease) for p in _parts(keys)]
+    for keys in targets:
+        marks += [wildcard(lambda x, p=p: p.forwarded(x)) for p in _parts(keys)]  # type: ignore[misc]
+    why = "cluster relay"
+    return Grants(
+        frozenset(outboxes + leases + marks),
+        (
+            grant(outboxes, Access.READ_WRITE, ("xrange", "xlen", "xdel"), f"{why}: outboxes"),
+            grant(leases, Access.READ_WRITE, ("get", "set", "del"), f"{why}: one per outbox"),
+            grant(marks, Access.READ_WRITE, ("hexists", "hset", "expire"),
+                  f"{why}: forward each output once"),
+            grant([escape(RELAY_REGISTRY)], Access.READ_WRITE,
+                  ("zadd", "zremrangebyscore", "zcard", "zrem"), f"{why}: share the outboxes"),
+        ),
+    )  # fmt: skip
+
+
 def append(keys: SubsystemKeys) -> Grants:
     """Append events to the aggregates of one subsystem (and its events stream), and load them.
 
@@ -432,6 +477,7 @@ class Roles:
 
 __all__ = [
     "AGGREGATE_READ_COMMANDS",
+    "RELAY_REGISTRY",
     "CONNECTION_COMMANDS",
     "CONSUMER_COMMANDS",
     "DELAYED_COMMANDS",
@@ -455,6 +501,7 @@ __all__ = [
     "next_id",
     "put",
     "read",
+    "relay",
     "role",
     "status",
     "wildcard",

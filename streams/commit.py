@@ -30,17 +30,19 @@ from typing import Any
 import msgpack
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ClusterCrossSlotError, NoScriptError, ResponseError
 
 from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
 from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams._replies import permission_refused
-from streamcqrs.streams._wire import send_all
+from streamcqrs.streams._wire import check_one_slot, send_all
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.deadletter import KIND as DEAD
 from streamcqrs.streams.deadletter import DeadLetter, dead_letter
 from streamcqrs.streams.delayed import Delayed
 from streamcqrs.streams.envelope import Envelope, as_tags
 from streamcqrs.streams.errors import (
+    AlreadyApplied,
     AlreadySet,
     DuplicateRecord,
     Gone,
@@ -60,6 +62,8 @@ from streamcqrs.streams.statuses import (
     pack_history,
 )
 
+OUTBOX_FROM = "in"
+"""Outbox entry field naming the input stream of the commit that wrote it (absent: none)."""
 ATTEMPT_FIELD = b"att"
 """Entry field beside the envelope: which attempt this delivery is (absent: the first)."""
 CONCERN_FIELD = b"for"
@@ -175,6 +179,8 @@ class Commit:
         self.home = home
         """Set on a cluster: outputs for other hash tags go to ``home.outbox``."""
         self._nonce = ""
+        self.outboxed = False
+        """True once an output was routed into the home outbox (a relay has work)."""
         self.replay_safe = replay_safe
         """Standalone puts note a token of this call for two minutes, so a command re-sent
         after a lost reply does not write twice (about 50 bytes per put while it lasts)."""
@@ -225,13 +231,53 @@ class Commit:
         return self.home is not None and hash_tag(key) != self.home.tag
 
     def _to_outbox(self, sub: Commit, message_id: str) -> int:
-        """Route a one-intent commit for another slot into the home partition's outbox."""
+        """Route a one-intent commit for another slot into the home partition's outbox.
+
+        With an input, the entry also names it (stream, concern, record, entry id): a relay
+        whose forward is refused there sends that record back to be handled again.
+        """
         assert self.home is not None
         fields = [
             "id", message_id, "tag", hash_tag(sub.keys[0]),
             "keys", msgpack.packb(sub.keys), "args", msgpack.packb(sub.args()),
         ]  # fmt: skip
+        self.outboxed = True
+        if self.input is not None:
+            inp = self.input
+            fields += [OUTBOX_FROM, inp.stream, "for", inp.concern, "rec", inp.message_id,
+                       "eid", inp.entry_id]  # fmt: skip
         return self._op("OUTBOX", self._key(self.home.outbox), len(fields), *fields)
+
+    @classmethod
+    def forwarded(
+        cls,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        marks: tuple[str, str],
+        keep_s: int,
+        message_id: str,
+    ) -> Commit:
+        """An outbox entry's stored one-commit call, to run in its slot at most once.
+
+        ``marks`` (this period's and the last one's hash of forwarded message ids, in that
+        slot; this period's kept ``keep_s`` seconds) de-duplicate it: run again (a relay that
+        died before it marked the entry forwarded, a handler run again whose output had gone
+        out) it is refused with ``AlreadyApplied`` and writes nothing.
+        """
+        commit = cls(replay_safe=False)
+        for key in keys:
+            commit._key(key)
+        if list(args[:1]) != ["BEGIN"] or int(args[1]) != len(keys):
+            raise StreamError(f"not a stored commit: {list(args[:2])!r}")
+        commit._op("MARK", commit._key(marks[0]), commit._key(marks[1]), keep_s, message_id)
+        commit._args += list(args[2 + len(keys) :])
+        commit.size += 1
+        return commit
+
+    def unqueue(self, stream: str, entry_ids: Sequence[str]) -> int:
+        """Delete entries of ``stream`` (an outbox) that must still be there; else Gone."""
+        return self._op("UNQUEUE", self._key(stream), len(entry_ids), *entry_ids)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -582,6 +628,8 @@ class Commit:
 
     def run_sync(self, client: redis.Redis) -> list[Any]:
         """Apply on a sync client (producers, CLIs)."""
+        if is_cluster(client):
+            check_one_slot(self.keys)
         try:
             (reply,) = script("commit").run_sync(client, self.keys, self.args())
         except ResponseError as exc:
@@ -633,6 +681,10 @@ _REFUSALS: dict[str, tuple[int, Callable[[list[str]], Exception]]] = {
         "must resend exactly the same events, and new events need new ids; nothing was written"
     )),
     "GONE": (0, lambda r: Gone("the delayed entry was already moved by another bot")),
+    "DONE": (1, lambda r: AlreadyApplied(
+        f"the forwarded commit of message {r[0]} was applied before; nothing was written"
+    )),
+    "FORWARDED": (1, lambda r: Gone(f"outbox entry {r[0]} was already forwarded")),
     "NOTOWNER": (2, lambda r: NotOwner(r[0], r[1])),
     "LEASE": (1, lambda r: LeaseLost(r[0])),
     "TAKEN": (1, lambda r: Gone(
@@ -660,12 +712,13 @@ async def run_commits(
 
     Returns, per commit and in order, its replies or the error it failed with; one commit's
     refusal does not stop the others. An error of a whole call (a lost connection, an ACL
-    refusal) is the result of each of its commits.
+    refusal) is the result of each of its commits. On a cluster client the calls are always
+    per slot.
     """
     if not commits:
         return []
     commit_script = script("commit")
-    groups = _slot_groups(commits, by_slot)
+    groups = _slot_groups(commits, by_slot or is_cluster(client))
     out: list[list[Any] | Exception] = [StreamError("not run")] * len(commits)
     todo = list(range(len(groups)))
     for _attempt in range(2):
@@ -683,6 +736,11 @@ async def run_commits(
             if isinstance(reply, NoScriptError):
                 retry.append(g)  # a restarted or flushed script cache: that call did nothing
                 continue
+            if isinstance(reply, ClusterCrossSlotError):
+                try:  # name the key that breaks it (the server's error names none)
+                    check_one_slot([k for at in groups[g] for k in commits[at].keys])
+                except ConfigurationError as exc:
+                    reply = exc
             for n, at in enumerate(groups[g]):
                 if isinstance(reply, ResponseError):
                     out[at] = commits[at].error(str(reply))
@@ -700,6 +758,7 @@ async def run_commits(
 __all__ = [
     "ATTEMPT_FIELD",
     "CONCERN_FIELD",
+    "OUTBOX_FROM",
     "POLICY_FIELD",
     "Commit",
     "Input",

@@ -80,6 +80,10 @@ class InvalidTransition(HandlingError):
         self.action = action
 
 
+class AlreadyApplied(StreamError):
+    """A forwarded commit (a cluster relay's) was applied before: nothing was written again."""
+
+
 class Gone(StreamError):
     """A batch tried to take a delayed entry that another writer already took."""
 
@@ -122,6 +126,7 @@ class LeaseLost(ConcurrencyConflict):
 
 
 __all__ = [
+    "AlreadyApplied",
     "AlreadySet",
     "DecodeError",
     "DuplicateRecord",

@@ -161,6 +161,14 @@ class PartitionKeys:
     def cleaned(self, kind: Kind) -> str:
         """Hash: what the cleaner last removed from this stream (so ``show`` can say so)."""
         return f"{self.tag}:{kind}:cleaned"
+    @property
+    def outbox_lease(self) -> str:
+        """String: which relay forwards this partition's outbox now (expires)."""
+        return f"{self.tag}:outbox:lease"
+
+    def forwarded(self, period: int) -> str:
+        """Hash: message ids forwarded into this partition in one period (expires)."""
+        return f"{self.tag}:forwarded:{period}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from streamcqrs.domain.policy import ExecutionPolicy
 from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams._ids import MAX_ID, entry_key, to_ms
 from streamcqrs.streams.commit import Commit, OnExisting
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.envelope import (
     Entry,
     Envelope,
@@ -320,18 +321,43 @@ class ReadOnlyStream(_Stream):
             last = entries(await self.client.xrevrange(key, "+", "-", count=1))
             cursors[key] = (as_str(last[0][0]) if last else "0-0") if after == "$" else after
         idle = 0
-        while idle_limit is None or idle < idle_limit:
-            reply = await self.client.xread(cursors, block=block_ms)
-            if not reply:
-                idle += 1
-                await asyncio.sleep(0)
-                continue
-            idle = 0
-            for reply_key, found in cast(list[tuple[bytes, list[Entry]]], reply):
-                stream_key = as_str(reply_key)
-                for eid, raw in found:
-                    cursors[stream_key] = as_str(eid)
-                    yield self._to_record(stream_key, eid, raw)
+        # On a cluster the partitions live in different slots and one XREAD may not name
+        # them all: each gets a blocking read of its own, and whichever answers first is
+        # yielded while the others go on waiting.
+        apart = is_cluster(self.client) and len(cursors) > 1
+        reads: dict[KeyT, asyncio.Task[Any]] = {}
+        try:
+            while idle_limit is None or idle < idle_limit:
+                reply: Any
+                if apart:
+                    for name, cursor in cursors.items():
+                        if name not in reads:
+                            reads[name] = asyncio.ensure_future(
+                                self.client.xread({name: cursor}, block=block_ms)
+                            )
+                    done, _ = await asyncio.wait(
+                        reads.values(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    reply = []
+                    for name, task in list(reads.items()):
+                        if task in done:
+                            del reads[name]
+                            reply += task.result() or []
+                else:
+                    reply = await self.client.xread(cursors, block=block_ms)
+                if not reply:
+                    idle += 1
+                    await asyncio.sleep(0)
+                    continue
+                idle = 0
+                for reply_key, found in cast(list[tuple[bytes, list[Entry]]], reply):
+                    stream_key = as_str(reply_key)
+                    for eid, raw in found:
+                        cursors[stream_key] = as_str(eid)
+                        yield self._to_record(stream_key, eid, raw)
+        finally:
+            for task in reads.values():
+                task.cancel()
 
 
 class SyncWriteOnlyStream:

@@ -86,16 +86,23 @@
 --          ("" = the entry id of the commit's last PUT before it). Only this script reads it,
 --          so a write-only client can guard its puts (idempotency keys, tracking pointers)
 --          without any read grant on its stream.
+--   MARK   marks older ttl msgid      a relay's forward of an outbox entry, put first in the
+--          forwarded commit: if msgid is a field of marks or older (the hashes of message
+--          ids forwarded into this slot this period and the last), the commit was applied
+--          before: DONE, nothing is written. Otherwise msgid is added to marks (kept ttl s).
+--   UNQUEUE stream nid id...          XDEL entries of an outbox, the first of which must still
+--                                      be there (else FORWARDED: another relay did it)
 -- Returns: per commit, {1, {reply per op}} or {0, error}:
 --   PUT -> {entry_id, written}  APPEND -> {version, {entry_id...}, written}
 --   TOUCH -> {entry_id...} (still owned)  OUTBOX -> entry_id  COMPACT -> events dropped
---   ONCE -> the value set
+--   ONCE -> the value set  UNQUEUE -> number deleted
 --   others -> 1
 --   errors: "CONFLICT <aggid> <expected> <actual>", "DUPLICATE <obj> <entry_id>",
 --   "STATUS <record> <current>", "GONE <member>", "NOTOWNER <stream> <entry_id>",
 --   "MIXED <aggid> <repeated> <total>" (an append repeating some of the last events' ids),
 --   "LEASE <key>" (the lease is not held by this token), "TAKEN <field> <current>",
---   "ONCE <key> <value>" (a ONCE key already set; value: what it holds).
+--   "ONCE <key> <value>" (a ONCE key already set; value: what it holds),
+--   "DONE <msgid>" (MARK: forwarded before), "FORWARDED <id>" (UNQUEUE: gone already).
 
 local ENVELOPE = {'id', 'type', 'schema', 'obj', 'corr', 'cause', 'at', 'tags', 'fmt', 'data', 'trace'}
 
@@ -231,6 +238,10 @@ local function parse(code)
     op.agg = key(); op.upto = tonumber(nxt())
   elseif code == 'ONCE' then
     op.key = key(); op.ttl = nxt(); op.value = nxt()
+  elseif code == 'MARK' then
+    op.marks = key(); op.older = key(); op.ttl = nxt(); op.id = nxt()
+  elseif code == 'UNQUEUE' then
+    op.stream = key(); op.ids = list(tonumber(nxt()), nxt)
   else
     return nil, 'BADOP ' .. tostring(code)
   end
@@ -327,6 +338,15 @@ local function check(op, last)
   elseif code == 'ONCE' then
     local held = redis.call('GET', op.key)
     if held then return 'ONCE ' .. op.key .. ' ' .. held end
+  elseif code == 'MARK' then
+    if redis.call('HEXISTS', op.marks, op.id) == 1 or redis.call('HEXISTS', op.older, op.id) == 1 then
+      return 'DONE ' .. op.id
+    end
+  elseif code == 'UNQUEUE' then
+    local first = op.ids[1]
+    if first and #redis.call('XRANGE', op.stream, first, first) == 0 then
+      return 'FORWARDED ' .. first
+    end
   end
   return nil
 end
@@ -481,6 +501,13 @@ apply = function(op)
     if value == '' then value = last_put end
     redis.call('SET', op.key, value, 'PX', op.ttl)
     return value
+  elseif code == 'MARK' then
+    redis.call('HSET', op.marks, op.id, 1)
+    redis.call('EXPIRE', op.marks, op.ttl)
+    return 1
+  elseif code == 'UNQUEUE' then
+    if #op.ids == 0 then return 0 end
+    return redis.call('XDEL', op.stream, unpack(op.ids))
   end
 end
 
