@@ -45,6 +45,7 @@ from streamcqrs.bots.delayed import Mover, delayed_sets
 from streamcqrs.bots.logging import entry_logger, get_logger
 from streamcqrs.bots.observe import Observer
 from streamcqrs.bots.timers import Timers
+from streamcqrs.bots.relay import Relay, check_slots
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
@@ -54,7 +55,12 @@ from streamcqrs.streams import tracing
 from streamcqrs.streams._replies import group_missing
 from streamcqrs.streams._wire import fast_packing, send_all
 from streamcqrs.streams.commit import Commit
-from streamcqrs.streams.connection import Settings, config_problem
+from streamcqrs.streams.connection import (
+    Settings,
+    config_problem,
+    ensure_connections,
+    is_cluster,
+)
 from streamcqrs.streams.envelope import Entry, as_str
 from streamcqrs.streams.errors import InvalidTransition, NotOwner
 from streamcqrs.streams.keys import SubsystemKeys
@@ -89,7 +95,7 @@ class Bot:
         # error, instead of stalling the commits or reads waiting on it. It is longer than
         # one blocking read (block_ms) plus a slow script.
         timeout = config.block_ms / 1000 + SILENCE_TIMEOUT
-        settings = Settings(url=config.url, socket_timeout=timeout)
+        settings = Settings(url=config.url, socket_timeout=timeout, cluster=config.cluster)
         self.client = fast_packing(client or settings.async_client())
         self.consumer = config.consumer_name()
         self.log = get_logger(app=app.name, consumer=self.consumer)
@@ -99,12 +105,12 @@ class Bot:
         # app, not with whichever of its processes happened to start last.
         self._groups = [s for s in sources(app) if not s.broadcast]
         # Every handler in flight may hold a connection (loads, reads), and so does each
-        # source's blocked XREADGROUP: a pool smaller than that fails with "Too many
-        # connections" under load instead of waiting its turn.
-        pool = self.client.connection_pool
-        needed = config.concurrency + len(self.sources) + 8
-        if getattr(pool, "max_connections", needed) < needed:
-            pool.max_connections = needed
+        # source's blocked XREADGROUP.
+        ensure_connections(self.client, config.concurrency + len(self.sources) + 8)
+        self.cluster = is_cluster(self.client)
+        """On a cluster: outputs for other slots go through the outbox and the relay."""
+        if self.cluster:
+            check_slots(self.sources)
         keys_of = {name: SubsystemKeys(name, app.partitions_of(name)) for name in app.subsystems()}
         # Plain ``def`` handlers run here, not in asyncio's default executor: on shutdown a
         # handler still blocking past the grace period must not hold the process.
@@ -120,10 +126,17 @@ class Bot:
             policy=config.policy,
             actor=self.consumer,
             executor=self._threads,
-            home=(lambda d: d.source.part) if config.cluster else None,
+            home=(lambda d: d.source.part) if self.cluster else None,
             resources=self.resources,
         )
-        self.committer = Committer(self.client, by_slot=config.cluster)
+        self.relay = Relay(
+            self.client, {s.part for s in self.sources}, holder=self.consumer,
+            lease_s=min(config.visibility_timeout, 10.0), interval=config.mover_interval,
+            max_attempts=config.max_attempts, log=self.log,
+        ) if self.cluster else None  # fmt: skip
+        self.committer = Committer(
+            self.client, by_slot=self.cluster, after=self.relay.wake if self.relay else None
+        )
         self.mover = Mover(
             self.client,
             delayed_sets(app, self.sources),
@@ -181,6 +194,9 @@ class Bot:
             asyncio.create_task(self._keep_running("cleaner", self.cleaner.run, self.stopping)),
             asyncio.create_task(self._keep_running("recovery", self._recover)),
         ]
+        if self.relay is not None:
+            relay = self._keep_running("outbox relay", self.relay.run, self.stopping)
+            background.append(asyncio.create_task(relay))
         try:
             await self.stopping.wait()
         finally:
@@ -191,6 +207,8 @@ class Bot:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.committer.close()
             await committer
+            if self.relay is not None:
+                await self.relay.finish()
             self.log.info("stopped", handled=self.handled)
 
     async def _drain(self) -> None:

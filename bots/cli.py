@@ -157,7 +157,8 @@ def add_parsers(commands: Any) -> None:
         "--cluster",
         action="store_true",
         default=None,
-        help="Redis Cluster: route outputs for other slots through the outbox (%(env)s)",
+        help="the server is a Redis/Valkey Cluster: outputs for other slots go through each "
+        "partition's outbox and the bots' relays (%(env)s: ask the server)",
     )
     run.add_argument(
         "--log-level",

@@ -10,6 +10,7 @@ version conflict, a lost entry) is that commit's alone: it comes back to whoever
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio
@@ -26,10 +27,18 @@ Result = list[Any] | Exception
 class Committer:
     """Queue of commits to send, and the task that sends them."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, by_slot: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        by_slot: bool = False,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self.by_slot = by_slot
         """On a cluster: one script call per slot (a script touches one slot only)."""
+        self.after = after
+        """Called after a round that wrote to an outbox (wakes the relay)."""
         self._queue: list[tuple[list[Commit], asyncio.Future[list[Result]]]] = []
         self._queued = 0
         self._wake = asyncio.Event()
@@ -78,6 +87,8 @@ class Committer:
             # ran is unknown; each sender decides (a re-sent commit is refused by its
             # ownership check if the first one went through: its entry is no longer pending).
             results = [exc] * len(commits)
+        if self.after is not None and any(c.outboxed for c in commits):
+            self.after()
         at = 0
         for group, future in round_:
             mine, at = results[at : at + len(group)], at + len(group)

@@ -47,8 +47,9 @@ class BotConfig:
     """Longest sleep of the delayed-entry mover between two looks at its sets."""
     dead_consumer_after: float = 3600.0
     """Seconds a consumer with nothing pending may stay idle before it is removed."""
-    cluster: bool = False
-    """Route outputs bound for other hash tags through the partition's outbox."""
+    cluster: bool | None = None
+    """Whether the server is a Redis Cluster; None: ask it. On a cluster, outputs bound for
+    other hash tags go through the partition's outbox, and each bot runs a relay."""
     metrics: bool = False
     """Count deliveries and time handlers and commits for Prometheus (``bots.metrics``)."""
     index: int = 0

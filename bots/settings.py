@@ -43,7 +43,7 @@ class BotSettings(BaseSettings):
     grace: float = Field(_D.grace, ge=0)
     mover_interval: float = Field(_D.mover_interval, gt=0)
     dead_consumer_after: float = Field(_D.dead_consumer_after, gt=0)
-    cluster: bool = _D.cluster
+    cluster: bool | None = Field(_D.cluster, description="the server is a cluster (none: ask it)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

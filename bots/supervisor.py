@@ -74,9 +74,27 @@ def check_only(app: App, only: tuple[str, ...]) -> None:
         )
 
 
+async def cluster_or_not(config: BotConfig) -> BotConfig:
+    """``config`` saying whether the server is a cluster, asking it (and waiting for it to
+    answer, with a warning at each backoff step) if it does not say yet."""
+    if config.cluster is not None:
+        return config
+    log = get_logger(role="worker", index=config.index)
+    settings = Settings(url=config.url)
+    pause = 0.1
+    while True:
+        try:
+            return replace(config, cluster=await asyncio.to_thread(settings.is_cluster))
+        except ServerUnavailable as exc:
+            log.warning("cannot reach the server; retrying", url=redact(config.url or ""),
+                        error=str(exc), pause_s=pause)  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
 async def serve(app: App, config: BotConfig) -> None:
     """Run one Bot until SIGTERM or SIGINT, then drain it and close its connections."""
-    bot = Bot(app, config)
+    bot = Bot(app, await cluster_or_not(config))
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, bot.stop)
@@ -178,6 +196,12 @@ class Supervisor:
             )
         try:
             Settings(url=url).check()
+            if self.config.cluster is None:
+                cluster = Settings(url=url).is_cluster()
+                self.config = replace(self.config, cluster=cluster)
+                if cluster:
+                    self.log.info("the server is a cluster: outputs for other slots go "
+                                  "through outboxes and the bots' relays", url=redact(url))  # fmt: skip
         except ServerUnavailable as exc:
             self.log.warning(
                 "the server does not answer yet; the workers will keep trying",
@@ -302,4 +326,12 @@ class Supervisor:
         return status
 
 
-__all__ = ["CONFIG_ERROR", "Supervisor", "check_only", "load_app", "serve", "worker_main"]
+__all__ = [
+    "CONFIG_ERROR",
+    "Supervisor",
+    "check_only",
+    "cluster_or_not",
+    "load_app",
+    "serve",
+    "worker_main",
+]
