@@ -37,6 +37,7 @@ from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams._wire import check_one_slot, send_all
 from streamcqrs.streams.acl import RELAY_REGISTRY
 from streamcqrs.streams.keys import PartitionKeys
+from streamcqrs.streams.scripts import load_all
 
 RELAYS = RELAY_REGISTRY
 """Sorted set of the relays alive (member: holder, score: last seen, ms)."""
@@ -159,8 +160,12 @@ class Relay:
         renew_every = self.lease_ms / 3000
         renewed = 0.0
         pause = 0.1
+        loaded = False
         while not stopping.is_set():
             try:
+                if not loaded:  # on every node: a replica promoted later has them
+                    await load_all(self.client)
+                    loaded = True
                 if time.monotonic() - renewed >= renew_every:
                     await self.renew()
                     renewed = time.monotonic()

@@ -4,6 +4,9 @@ Per stream partition and consumer group: the stream's length, the lag (entries n
 delivered to the group), the pending entries (delivered, not yet acked), the age of the
 oldest pending one, the entries waiting in the delayed set, and the open dead letters of the
 stream's subsystem partition (those an operator has retried or archived are not counted).
+On a cluster also the partition's outbox lag: outputs for other slots its bots committed
+that the relay has not forwarded yet, and the age of the oldest (a relay that stays behind,
+or none running, shows here first).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from redis.exceptions import ResponseError
 from streamcqrs.handlers.delivery import Source, sources
 from streamcqrs.handlers.registry import App
 from streamcqrs.streams.cli import connect, open_count
-from streamcqrs.streams.envelope import as_str
+from streamcqrs.streams.envelope import as_str, entries
+from streamcqrs.streams.keys import PartitionKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,9 @@ class GroupStatus:
     consumers: int
     delayed: int
     dead_letters: int
+    outbox: int = 0
+    """Entries of the partition's outbox not yet forwarded by a relay (cluster)."""
+    outbox_oldest_s: float | None = None
 
 
 def _ms_of(entry_id: Any) -> int:
@@ -64,10 +71,23 @@ def group_status(client: redis.Redis, source: Source) -> GroupStatus:
             if first:
                 oldest = max(0.0, time.time() - _ms_of(first[0]["message_id"]) / 1000)
         break
+    waiting, oldest_out = outbox_lag(client, source.part)
     return GroupStatus(
         source.key, source.group, length, lag, pending,
         None if oldest is None else round(oldest, 3), consumers, delayed, dead,
+        waiting, oldest_out,
     )  # fmt: skip
+
+
+def outbox_lag(client: redis.Redis, part: PartitionKeys) -> tuple[int, float | None]:
+    """Entries in ``part``'s outbox, and the age in seconds of the oldest (None: empty)."""
+    waiting = int(client.xlen(part.outbox))
+    if not waiting:
+        return 0, None
+    first = entries(client.xrange(part.outbox, "-", "+", count=1))
+    if not first:
+        return waiting, None
+    return waiting, round(max(0.0, time.time() - _ms_of(first[0][0]) / 1000), 3)
 
 
 def app_status(client: redis.Redis, app: App) -> list[GroupStatus]:
@@ -78,11 +98,12 @@ def app_status(client: redis.Redis, app: App) -> list[GroupStatus]:
 def render(rows: list[GroupStatus]) -> str:
     """The rows as an aligned text table."""
     head = ("stream", "group", "length", "lag", "pending", "oldest_s", "consumers", "delayed",
-            "dead")  # fmt: skip
+            "dead", "outbox", "outbox_s")  # fmt: skip
     body = [
         (r.stream, r.group, str(r.length), "?" if r.lag is None else str(r.lag), str(r.pending),
          "" if r.oldest_pending_s is None else f"{r.oldest_pending_s:.1f}", str(r.consumers),
-         str(r.delayed), str(r.dead_letters))
+         str(r.delayed), str(r.dead_letters), str(r.outbox),
+         "" if r.outbox_oldest_s is None else f"{r.outbox_oldest_s:.1f}")
         for r in rows
     ]  # fmt: skip
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
@@ -103,4 +124,4 @@ def report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-__all__ = ["GroupStatus", "app_status", "group_status", "render", "report"]
+__all__ = ["GroupStatus", "app_status", "group_status", "outbox_lag", "render", "report"]

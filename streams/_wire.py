@@ -134,6 +134,15 @@ def check_one_slot(keys: Iterable[str | bytes], what: str = "one script call") -
             )
 
 
+def replicas_of(client: Any, key: str | bytes) -> int:
+    """How many replicas the primary serving ``key`` has, as the client last saw (0 on one
+    server: a single server's replicas are not known to the client, and WAIT is opt-in)."""
+    if not is_cluster(client):
+        return 0
+    nodes = client.nodes_manager.slots_cache.get(key_slot(_encoded(key)), [])
+    return max(0, len(nodes) - 1)
+
+
 def refresh_later(cluster: Any) -> None:
     """Make the cluster client look up the nodes and slots again before its next command.
 

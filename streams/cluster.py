@@ -169,6 +169,9 @@ class LocalCluster:
                 "--cluster-allow-replica-migration", "no",
                 # a replica gets its first copy at once, not after the default 5 s wait
                 "--repl-diskless-sync-delay", "0",
+                # CLUSTER SLOTS lists a replica (so clients know of it) once its primary's
+                # ping moved its offset on: every second, not every ten
+                "--repl-ping-replica-period", "1",
                 *self.extra_args,
             )  # fmt: skip
             server = LocalServer(self.binary, directory=str(folder), port=port, extra_args=args)
@@ -209,8 +212,11 @@ class LocalCluster:
         return True
 
     def ready(self) -> bool:
-        """True when every running node is ok, covers all slots and replicas are linked."""
+        """True when every running node is ok and covers all slots, every replica is linked
+        to its primary, and every node lists every replica to clients (CLUSTER SLOTS)."""
         try:
+            replicas = 0
+            views: list[int] = []
             for node in self.nodes:
                 if not node.server.running:
                     continue
@@ -219,9 +225,12 @@ class LocalCluster:
                     if "cluster_state:ok" not in info or f"cluster_slots_ok:{SLOTS}" not in info:
                         return False
                     replication = client.info("replication")
-                if replication["role"] == "slave" and replication.get("master_link_status") != "up":
-                    return False
-            return True
+                    views.append(sum(len(r) - 3 for r in client.execute_command("CLUSTER", "SLOTS")))
+                if replication["role"] == "slave":
+                    if replication.get("master_link_status") != "up":
+                        return False
+                    replicas += 1
+            return all(seen == replicas for seen in views)
         except (redis.RedisError, OSError):
             return False
 
@@ -241,6 +250,12 @@ class LocalCluster:
     def kill(self, node: Node) -> None:
         """SIGKILL one node (its replica takes over after the node timeout)."""
         node.server.kill()
+
+    def restart(self, node: Node, timeout: float = 30.0) -> None:
+        """Start a killed node again from its files: it rejoins, as a replica of the node
+        promoted in its place, and ``ready`` waits for its copy."""
+        node.server.start()
+        self.wait_ready(timeout)
 
     def flushall(self) -> None:
         """Empty every primary (replicas follow)."""

@@ -750,7 +750,7 @@ async def run_commits(
                     out[at] = commits[at].result(reply[n])
         if not retry:
             break
-        await client.script_load(commit_script.source)
+        await commit_script.load(client)
         todo = retry
     return out
 

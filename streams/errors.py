@@ -84,6 +84,18 @@ class AlreadyApplied(StreamError):
     """A forwarded commit (a cluster relay's) was applied before: nothing was written again."""
 
 
+class NotDurable(StreamError):
+    """A durable put was written, but no replica confirmed it in time (WAIT).
+
+    The record is on the primary and may still reach its replicas; if the primary fails
+    before they have it, a promoted replica will not. ``result`` is the put's result.
+    """
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class Gone(StreamError):
     """A batch tried to take a delayed entry that another writer already took."""
 
@@ -136,6 +148,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InvalidTransition",
     "LeaseLost",
+    "NotDurable",
     "NotOwner",
     "PermissionDenied",
     "RoleError",

@@ -25,7 +25,7 @@ async def _run(client: redis.asyncio.Redis, keys: Sequence[str], holder: str, tt
     calls = [("EVALSHA", lease.sha, 1, key, action, holder, ttl_ms) for key in keys]
     replies = await send_all(client, calls)
     if any(isinstance(r, NoScriptError) for r in replies):  # a new or restarted node
-        await client.script_load(lease.source)
+        await lease.load(client)
         replies = await send_all(client, calls)
     for reply in replies:
         if isinstance(reply, Exception):

@@ -24,6 +24,12 @@ partition with the reason: never retried forever, never lost silently.
 Order: entries are taken oldest first, those for one slot go in one script call in outbox
 order, and a round ends before the next begins, so what one partition sends to another
 arrives in the order it was committed (and so does each object's).
+
+Failover: where the target slot's primary has a replica, the forward is followed by WAIT on
+the same connection, and entries leave the outbox only after that (or after ``WAIT_MS``
+without a confirmation, counted in ``Report.unconfirmed``). So a forward the target's
+primary took with it when it failed is forwarded again to the promoted replica, where no
+mark of it survived either.
 """
 
 from __future__ import annotations
@@ -35,12 +41,12 @@ from typing import Any
 import msgpack
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.streams._ids import now_ms
-from streamcqrs.streams._wire import send_all
+from streamcqrs.streams._wire import replicas_of, send_all
 from streamcqrs.streams.commit import (
     ATTEMPT_FIELD,
     OUTBOX_FROM,
@@ -60,8 +66,11 @@ from streamcqrs.streams.errors import (
     StreamError,
 )
 from streamcqrs.streams.keys import Kind, PartitionKeys
+from streamcqrs.streams.scripts import script
 from streamcqrs.streams.statuses import Action, Status
 
+WAIT_MS = 1000
+"""How long a forward waits for the target's replica before it counts as forwarded anyway."""
 MARK_PERIOD_S = 600
 """Forwarded message ids are noted per period of this many seconds, for two periods: a call
 forwarded again within 10 to 20 minutes writes nothing."""
@@ -123,6 +132,8 @@ class Report:
     """(entry id, reason) of entries dead-lettered: unreadable, or refused for good."""
     waiting: int = 0
     """Entries left for the next round (the target did not answer)."""
+    unconfirmed: int = 0
+    """Entries forwarded whose slot's replica did not confirm them in time (WAIT)."""
 
     @property
     def done(self) -> int:
@@ -183,7 +194,7 @@ async def forward(
             junk.append((entry.entry_id, {}, str(exc)))
             commits.append(Commit())
     runnable = [(e, c) for e, c in zip(entries, commits, strict=True) if c]
-    results = await run_commits(client, [c for _, c in runnable], by_slot=True)
+    results, report.unconfirmed = await _apply(client, runnable)
     gone: list[str] = []
     for (entry, _), result in zip(runnable, results, strict=True):
         if isinstance(result, AlreadyApplied):
@@ -209,6 +220,52 @@ async def forward(
         await _bury(client, part, junk_id, fields, reason)
         report.dead.append((junk_id, reason))
     return report
+
+
+async def _apply(
+    client: redis.asyncio.Redis, runnable: Sequence[tuple[Pending, Commit]]
+) -> tuple[list[list[Any] | Exception], int]:
+    """Run the forwarded commits: one script call per target slot, in outbox order, each
+    followed by WAIT for a replica where that slot has one. Their results, and how many no
+    replica confirmed within ``WAIT_MS`` (forwarded all the same: see the module)."""
+    commit_script = script("commit")
+    groups: dict[str, list[int]] = {}
+    for at, (entry, _) in enumerate(runnable):
+        groups.setdefault(entry.tag, []).append(at)
+    calls: list[tuple[Any, ...]] = []
+    layout: list[tuple[list[int], int]] = []
+    for ats in groups.values():
+        keys = list(dict.fromkeys(k for at in ats for k in runnable[at][1].keys))
+        args = [a for at in ats for a in runnable[at][1].args()]
+        calls.append(("EVALSHA", commit_script.sha, len(keys), *keys, *args))
+        replicas = min(1, replicas_of(client, keys[0]))
+        if replicas:
+            calls.append(("WAIT", replicas, WAIT_MS))
+        layout.append((ats, replicas))
+    replies = await send_all(client, calls)
+    if any(isinstance(r, NoScriptError) for r in replies):
+        # A restarted or promoted node without the script: load it, send again (what ran
+        # the first time is a duplicate the second: ONCE).
+        await commit_script.load(client)
+        replies = await send_all(client, calls)
+    results: list[list[Any] | Exception] = [StreamError("not run")] * len(runnable)
+    unconfirmed = 0
+    at_reply = 0
+    for ats, replicas in layout:
+        reply = replies[at_reply]
+        acked = replies[at_reply + 1] if replicas else 0
+        at_reply += 2 if replicas else 1
+        for n, at in enumerate(ats):
+            commit = runnable[at][1]
+            if isinstance(reply, ResponseError):
+                results[at] = commit.error(str(reply))
+            elif isinstance(reply, Exception):
+                results[at] = reply
+            else:
+                results[at] = commit.result(reply[n])
+        if replicas and (isinstance(acked, Exception) or int(acked) < replicas):
+            unconfirmed += len(ats)
+    return results, unconfirmed
 
 
 async def _send(client: redis.asyncio.Redis, call: tuple[Any, ...]) -> Any:

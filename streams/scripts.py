@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamcqrs.streams.connection import is_cluster
+
+_NETWORK = (RedisConnectionError, RedisTimeoutError, OSError)
+NAMES = ("commit", "latest", "by_tag", "lease")
+"""Every script of the framework (``load_all`` puts them on a cluster's every node)."""
 
 
 class Script:
@@ -31,7 +40,7 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
+            await self.load(client)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def run_sync(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
@@ -39,8 +48,32 @@ class Script:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            client.script_load(self.source)
+            self.load_sync(client)
             return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def load(self, client: redis.asyncio.Redis) -> None:
+        """SCRIPT LOAD; on a cluster into every node, replicas too (scripts are not
+        replicated: a replica promoted in a failover would answer NOSCRIPT first)."""
+        if is_cluster(client):
+            cluster = cast(Any, client)
+            await cluster.initialize()
+            with contextlib.suppress(*_NETWORK):  # a node down: the primaries at least
+                # The nodes by name: the ALL_NODES flag yields to SCRIPT's own policy, which
+                # is the primaries only.
+                await cluster.execute_command("SCRIPT", "LOAD", self.source,
+                                              target_nodes=cluster.get_nodes())  # fmt: skip
+                return
+        await client.script_load(self.source)
+
+    def load_sync(self, client: redis.Redis) -> None:
+        """``load`` on a sync client."""
+        if is_cluster(client):
+            cluster = cast(Any, client)
+            with contextlib.suppress(*_NETWORK):
+                cluster.execute_command("SCRIPT", "LOAD", self.source,
+                                        target_nodes=cluster.get_nodes())  # fmt: skip
+                return
+        client.script_load(self.source)
 
 
 @cache
@@ -48,3 +81,9 @@ def script(name: str) -> Script:
     """Load ``streams/lua/<name>.lua`` once per process."""
     source = resources.files("streamcqrs.streams").joinpath("lua", f"{name}.lua").read_text()
     return Script(name, source)
+
+
+async def load_all(client: redis.asyncio.Redis) -> None:
+    """Load every script of the framework (into every node of a cluster, replicas too)."""
+    for name in NAMES:
+        await script(name).load(client)

@@ -26,6 +26,7 @@ from streamcqrs.domain.registry import TypeRegistry, registry
 from streamcqrs.streams._ids import MAX_ID, entry_key, to_ms
 from streamcqrs.streams.commit import Commit, OnExisting
 from streamcqrs.streams.connection import is_cluster
+from streamcqrs.streams.durable import run_durable, run_durable_sync
 from streamcqrs.streams.envelope import (
     Entry,
     Envelope,
@@ -143,11 +144,14 @@ class WriteOnlyStream(_Stream):
         message_id: str | None = None,
         execute_earliest: datetime | int | None = None,
         policy: ExecutionPolicy | None = None,
+        durable: bool | int = False,
     ) -> PutResult:
         """Put a message; with ``execute_earliest`` it enters the stream only when due.
 
         ``policy`` (default: the operation class's ``policy``) travels with the entry. With
         tracing on (``streams.tracing``), the put is a span and the entry names it.
+        ``durable`` (True, or a number of replicas): return only once that many replicas
+        have the record (WAIT), else raise ``NotDurable``; see ``streams.durable``.
         """
         with put_span(self.name) as span:
             envelope = self.envelope(
@@ -163,6 +167,9 @@ class WriteOnlyStream(_Stream):
                 span.named(envelope)
             packed = ExecutionPolicy.packed_for(message, policy)
             commit = self._put_commit(envelope, on_existing, keep, execute_earliest, packed)
+            if durable:
+                replies = await run_durable(self.client, commit, replicas=int(durable))
+                return _result(envelope, replies[0])
             return _result(envelope, (await commit.run(self.client))[0])
 
     def _put_commit(
@@ -382,6 +389,7 @@ class SyncWriteOnlyStream:
         message_id: str | None = None,
         execute_earliest: datetime | int | None = None,
         policy: ExecutionPolicy | None = None,
+        durable: bool | int = False,
     ) -> PutResult:
         """Put a message (see ``WriteOnlyStream.put``)."""
         inner = self._inner
@@ -399,6 +407,9 @@ class SyncWriteOnlyStream:
                 span.named(envelope)
             packed = ExecutionPolicy.packed_for(message, policy)
             commit = inner._put_commit(envelope, on_existing, keep, execute_earliest, packed)
+            if durable:
+                replies = run_durable_sync(self.client, commit, replicas=int(durable))
+                return _result(envelope, replies[0])
             return _result(envelope, commit.run_sync(self.client)[0])
 
     def put_view(

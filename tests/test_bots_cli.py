@@ -77,7 +77,8 @@ def test_status_shows_length_lag_pending_and_dead_letters(real: Backend, tmp_pat
     assert {"do", "doomed", "flaky", "later", "slow", "crash", "steered", "strict",
             "governed"} == set(rows)
     expected = {"stream": OPS, "group": "do", "length": 21, "lag": 0, "pending": 0,
-                "oldest_pending_s": None, "delayed": 0, "dead_letters": 1}  # fmt: skip
+                "oldest_pending_s": None, "delayed": 0, "dead_letters": 1, "outbox": 0,
+                "outbox_oldest_s": None}  # fmt: skip
     assert expected == {k: v for k, v in rows["do"].items() if k != "consumers"}
     table = bots_cli("status", "tests.botapps:app", "--url", url)
     assert "pending" in table.stdout and OPS in table.stdout
