@@ -141,8 +141,10 @@ class Relay:
         """Forward what the held outboxes hold now (one bounded batch each); how many left."""
         done = 0
         for part in list(self.held):
-            report = await box.forward(self.client, part, count=PER_ROUND,
-                                       max_attempts=self.max_attempts, actor=self.holder)  # fmt: skip
+            report = await box.forward(
+                self.client, part, count=PER_ROUND, max_attempts=self.max_attempts,
+                actor=self.holder,
+            )  # fmt: skip
             self.forwarded += report.forwarded
             self.sent_back += len(report.refused)
             for entry, error in report.refused:

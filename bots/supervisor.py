@@ -200,8 +200,10 @@ class Supervisor:
                 cluster = Settings(url=url).is_cluster()
                 self.config = replace(self.config, cluster=cluster)
                 if cluster:
-                    self.log.info("the server is a cluster: outputs for other slots go "
-                                  "through outboxes and the bots' relays", url=redact(url))  # fmt: skip
+                    self.log.info(
+                        "the server is a cluster: outputs for other slots go through "
+                        "outboxes and the bots' relays", url=redact(url),
+                    )  # fmt: skip
         except ServerUnavailable as exc:
             self.log.warning(
                 "the server does not answer yet; the workers will keep trying",

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from streamcqrs.domain.aggregate import Aggregate
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.domain.messages import Event, Message
 from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.context import AppendOutput, Context, PutOutput
@@ -35,6 +36,7 @@ from streamcqrs.handlers.errors import HandlerError
 from streamcqrs.handlers.registry import App, HandlerSpec, StreamRef
 from streamcqrs.handlers.runner import RetryPolicy, Runner
 from streamcqrs.streams.commit import Commit, Input
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.envelope import JSON, as_tags, decode, encode
 from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.subsystem import Subsystem
@@ -83,6 +85,12 @@ class HandlerTest:
         resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
+        if client is not None and is_cluster(client):
+            raise ConfigurationError(
+                "HandlerTest runs handlers on one server or in memory: on a cluster, outputs "
+                "for other partitions go through outboxes the bots' relays forward; give it "
+                "a single server's client, or none (in memory)"
+            )
         self.resources = lifecycle.Resources(resources or {})
         """What handlers get as ``ctx.resources``: given here, or made by ``start``."""
         self.client = client if client is not None else MemoryServer().client()

@@ -166,39 +166,16 @@ async def _send_routed(
             for at in todo:
                 out[at] = error
             return out
-        by_node: dict[Any, list[int]] = {}
-        node = None
-        for at in todo:
-            key = first_key(calls[at])
-            if key is not None:
-                try:
-                    node = cluster.nodes_manager.get_node_from_slot(key_slot(key))
-                except SlotNotCoveredError as exc:
-                    out[at] = RedisConnectionError(f"no node serves slot {key_slot(key)}: {exc}")
-                    refresh_later(cluster)
-                    continue
-            node = node or cluster.get_default_node()
-            by_node.setdefault(node, []).append(at)
+        by_node = _route(cluster, calls, todo, out)
         exchanges = [
-            _exchange(cluster, node, calls, ats, asking, reply_timeout)
+            _exchange(cluster, node, [calls[at] for at in ats], asking=[at in asking for at in ats],
+                      reply_timeout=reply_timeout)
             for node, ats in by_node.items()
-        ]
+        ]  # fmt: skip
         for ats, replies in zip(by_node.values(), await asyncio.gather(*exchanges), strict=True):
             for at, reply in zip(ats, replies, strict=True):
                 out[at] = reply
-        todo, asking = [], set()
-        for at, reply in enumerate(out):
-            if isinstance(reply, MovedError):
-                await cluster.nodes_manager.move_slot(reply)
-                todo.append(at)
-            elif isinstance(reply, AskError):
-                asking.add(at)
-                todo.append(at)
-            elif isinstance(reply, TryAgainError):
-                todo.append(at)
-            elif isinstance(reply, ClusterDownError):
-                refresh_later(cluster)
-                out[at] = RedisConnectionError(f"the cluster cannot serve this now: {reply}")
+        todo, asking = await _redirected(cluster, out, todo)
         if not todo:
             break
         if round_ < REDIRECTS and any(isinstance(out[at], TryAgainError) for at in todo):
@@ -206,20 +183,67 @@ async def _send_routed(
     return out
 
 
+def _route(
+    cluster: Any, calls: list[tuple[Any, ...]], todo: list[int], out: list[Any]
+) -> dict[Any, list[int]]:
+    """The calls of ``todo`` by the node that serves each (a keyless one: the one before's)."""
+    by_node: dict[Any, list[int]] = {}
+    node = None
+    for at in todo:
+        key = first_key(calls[at])
+        if key is not None:
+            try:
+                node = cluster.nodes_manager.get_node_from_slot(key_slot(key))
+            except SlotNotCoveredError as exc:
+                out[at] = RedisConnectionError(f"no node serves slot {key_slot(key)}: {exc}")
+                refresh_later(cluster)
+                continue
+        node = node or cluster.get_default_node()
+        by_node.setdefault(node, []).append(at)
+    return by_node
+
+
+async def _redirected(
+    cluster: Any, out: list[Any], todo: list[int]
+) -> tuple[list[int], set[int]]:
+    """Which of ``todo`` to send again (MOVED, ASK, TRYAGAIN), and which of those after ASKING.
+
+    A MOVED reply patches the slot map; CLUSTERDOWN (a failover under way) becomes a
+    ConnectionError, which callers retry after a pause, and the nodes are looked up again.
+    """
+    again: list[int] = []
+    asking: set[int] = set()
+    for at in todo:
+        reply = out[at]
+        if isinstance(reply, MovedError):
+            await cluster.nodes_manager.move_slot(reply)
+            again.append(at)
+        elif isinstance(reply, AskError):
+            asking.add(at)
+            again.append(at)
+        elif isinstance(reply, TryAgainError):
+            again.append(at)
+        elif isinstance(reply, ClusterDownError):
+            refresh_later(cluster)
+            out[at] = RedisConnectionError(f"the cluster cannot serve this now: {reply}")
+    return again, asking
+
+
 async def _exchange(
     cluster: Any,
     node: Any,
     calls: list[tuple[Any, ...]],
-    ats: list[int],
-    asking: set[int],
+    *,
+    asking: list[bool],
     reply_timeout: float | None,
 ) -> list[Any]:
-    """Send ``calls[ats]`` to ``node`` in one write; their replies, or each one's error."""
+    """Send ``calls`` to ``node`` in one write (each marked in ``asking`` after an ASKING);
+    their replies, or each one's error."""
     wire: list[tuple[Any, ...]] = []
-    for at in ats:
-        if at in asking:
+    for call, ask in zip(calls, asking, strict=True):
+        if ask:
             wire.append(("ASKING",))
-        wire.append(calls[at])
+        wire.append(call)
     conn = node.acquire_connection()
     try:
         await conn.send_packed_command(_packed(conn, wire), False)
@@ -238,7 +262,7 @@ async def _exchange(
         node.release(conn)
         refresh_later(cluster)
         cluster.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
-        return [exc] * len(ats)
+        return [exc] * len(calls)
     except BaseException:
         await conn.disconnect()  # replies may still be in flight: not reusable as it is
         node.release(conn)

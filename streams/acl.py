@@ -477,13 +477,13 @@ class Roles:
 
 __all__ = [
     "AGGREGATE_READ_COMMANDS",
-    "RELAY_REGISTRY",
     "CONNECTION_COMMANDS",
     "CONSUMER_COMMANDS",
     "DELAYED_COMMANDS",
     "FLAG_COMMANDS",
     "HANDLING_COMMANDS",
     "READER_COMMANDS",
+    "RELAY_REGISTRY",
     "SCRIPT_COMMANDS",
     "Access",
     "Grant",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import redis
 
+from streamcqrs.domain.errors import ConfigurationError
 from streamcqrs.streams.errors import ServerUnavailable
 from streamcqrs.streams.server import LOOPBACK, LocalServer, find_server_binary
 
@@ -91,7 +92,9 @@ class LocalCluster:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         if shards < 1 or replicas < 0:
-            raise ValueError(f"a cluster needs shards >= 1 and replicas >= 0, not {shards}/{replicas}")
+            raise ConfigurationError(
+                f"a cluster needs shards >= 1 and replicas >= 0, not {shards} and {replicas}"
+            )
         self.shards = shards
         self.replicas = replicas
         self.binary = binary or find_server_binary()
@@ -225,7 +228,8 @@ class LocalCluster:
                     if "cluster_state:ok" not in info or f"cluster_slots_ok:{SLOTS}" not in info:
                         return False
                     replication = client.info("replication")
-                    views.append(sum(len(r) - 3 for r in client.execute_command("CLUSTER", "SLOTS")))
+                    listed = client.execute_command("CLUSTER", "SLOTS")
+                    views.append(sum(len(r) - 3 for r in listed))
                 if replication["role"] == "slave":
                     if replication.get("master_link_status") != "up":
                         return False

@@ -705,6 +705,17 @@ def _slot_groups(commits: Sequence[Commit], by_slot: bool) -> list[list[int]]:
     return list(groups.values())
 
 
+def _named(reply: Any, keys: Sequence[str]) -> Any:
+    """A CROSSSLOT refusal as a ConfigurationError naming the key that breaks it (the
+    server's names none); any other reply as it is."""
+    if isinstance(reply, ClusterCrossSlotError):
+        try:
+            check_one_slot(keys)
+        except ConfigurationError as exc:
+            return exc
+    return reply
+
+
 async def run_commits(
     client: redis.asyncio.Redis, commits: Sequence[Commit], *, by_slot: bool = False
 ) -> list[list[Any] | Exception]:
@@ -736,18 +747,14 @@ async def run_commits(
             if isinstance(reply, NoScriptError):
                 retry.append(g)  # a restarted or flushed script cache: that call did nothing
                 continue
-            if isinstance(reply, ClusterCrossSlotError):
-                try:  # name the key that breaks it (the server's error names none)
-                    check_one_slot([k for at in groups[g] for k in commits[at].keys])
-                except ConfigurationError as exc:
-                    reply = exc
+            got = _named(reply, [k for at in groups[g] for k in commits[at].keys])
             for n, at in enumerate(groups[g]):
-                if isinstance(reply, ResponseError):
-                    out[at] = commits[at].error(str(reply))
-                elif isinstance(reply, Exception):
-                    out[at] = reply
+                if isinstance(got, ResponseError):
+                    out[at] = commits[at].error(str(got))
+                elif isinstance(got, Exception):
+                    out[at] = got
                 else:
-                    out[at] = commits[at].result(reply[n])
+                    out[at] = commits[at].result(got[n])
         if not retry:
             break
         await commit_script.load(client)

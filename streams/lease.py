@@ -19,7 +19,9 @@ from streamcqrs.streams._wire import send_all
 from streamcqrs.streams.scripts import script
 
 
-async def _run(client: redis.asyncio.Redis, keys: Sequence[str], holder: str, ttl_ms: int) -> list[Any]:
+async def _run(
+    client: redis.asyncio.Redis, keys: Sequence[str], holder: str, ttl_ms: int
+) -> list[Any]:
     lease = script("lease")
     action = "take" if ttl_ms else "release"
     calls = [("EVALSHA", lease.sha, 1, key, action, holder, ttl_ms) for key in keys]

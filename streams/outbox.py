@@ -74,6 +74,8 @@ WAIT_MS = 1000
 MARK_PERIOD_S = 600
 """Forwarded message ids are noted per period of this many seconds, for two periods: a call
 forwarded again within 10 to 20 minutes writes nothing."""
+MARKS_KEPT_S = 2 * MARK_PERIOD_S + 60
+"""How long one period's marks are kept (they are read for two periods)."""
 REFUSALS = (ConcurrencyConflict, DuplicateRecord, InvalidTransition)
 """What a forwarded call's own checks refuse: the handler runs again on fresh state."""
 NETWORK = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -174,26 +176,7 @@ async def forward(
     that runs handlers itself decides what a refusal means).
     """
     report = Report()
-    raw = await waiting(client, part, count)
-    entries: list[Pending] = []
-    junk: list[tuple[str, dict[bytes, bytes], str]] = []
-    for raw_id, fields in raw:
-        eid = as_str(raw_id)
-        try:
-            entries.append(Pending.parse(eid, fields))
-        except StreamError as exc:
-            junk.append((eid, fields, str(exc)))
-    commits = []
-    for entry in entries:
-        try:
-            commits.append(
-                Commit.forwarded(entry.keys, entry.args, marks=marks(entry.tag),
-                                 keep_s=2 * MARK_PERIOD_S + 60, message_id=entry.message_id)
-            )  # fmt: skip
-        except StreamError as exc:
-            junk.append((entry.entry_id, {}, str(exc)))
-            commits.append(Commit())
-    runnable = [(e, c) for e, c in zip(entries, commits, strict=True) if c]
+    runnable, junk = _read(await waiting(client, part, count))
     results, report.unconfirmed = await _apply(client, runnable)
     gone: list[str] = []
     for (entry, _), result in zip(runnable, results, strict=True):
@@ -220,6 +203,26 @@ async def forward(
         await _bury(client, part, junk_id, fields, reason)
         report.dead.append((junk_id, reason))
     return report
+
+
+def _read(
+    raw: Sequence[Entry],
+) -> tuple[list[tuple[Pending, Commit]], list[tuple[str, dict[bytes, bytes], str]]]:
+    """Outbox entries with the forwarded commit of each, and those that are none: (entry
+    id, fields, why)."""
+    runnable: list[tuple[Pending, Commit]] = []
+    junk: list[tuple[str, dict[bytes, bytes], str]] = []
+    for raw_id, fields in raw:
+        eid = as_str(raw_id)
+        try:
+            entry = Pending.parse(eid, fields)
+            commit = Commit.forwarded(entry.keys, entry.args, marks=marks(entry.tag),
+                                      keep_s=MARKS_KEPT_S, message_id=entry.message_id)  # fmt: skip
+        except StreamError as exc:
+            junk.append((eid, fields, str(exc)))
+            continue
+        runnable.append((entry, commit))
+    return runnable, junk
 
 
 async def _apply(
@@ -310,7 +313,7 @@ async def _send_back(
     commit = Commit(replay_safe=False)
     commit.unqueue(part.outbox, [entry.entry_id])
     if origin is None:  # not a bot's commit: nobody to send it back to
-        commit.dead_letter(_letter(part, entry, why, {}, error, ""), part=part)
+        commit.dead_letter(_letter(part, entry, why, raw={}, error=error, concern=""), part=part)
     else:
         kind = Kind(origin.stream.partition(":")[2])
         found = entries(await client.xrange(origin.stream, origin.entry_id, origin.entry_id))
@@ -323,8 +326,9 @@ async def _send_back(
             envelope = None
         if envelope is None or attempt >= max_attempts:
             gave_up = why if envelope else f"{why}; its input {origin.entry_id} is gone"
-            commit.dead_letter(_letter(part, entry, gave_up, raw, error, origin.concern,
-                                       attempt), part=part)  # fmt: skip
+            letter = _letter(part, entry, gave_up, raw=raw, error=error, concern=origin.concern,
+                             attempts=attempt)  # fmt: skip
+            commit.dead_letter(letter, part=part)
             commit.settle(Action.FAIL, record=record, allowed_from=[Status.COMPLETED.value],
                           details=gave_up, actor=actor, attempt=attempt)  # fmt: skip
         else:
@@ -347,6 +351,7 @@ def _letter(
     part: PartitionKeys,
     entry: Pending,
     reason: str,
+    *,
     raw: Mapping[bytes, bytes],
     error: Exception,
     concern: str,
@@ -354,7 +359,8 @@ def _letter(
 ) -> DeadLetter:
     """A dead letter for a refused forward: the input if it is there, else the entry."""
     if raw and entry.origin is not None:
-        return dead_letter(reason=reason, stream=entry.origin.stream, entry_id=entry.origin.entry_id,
+        origin = entry.origin
+        return dead_letter(reason=reason, stream=origin.stream, entry_id=origin.entry_id,
                            raw=raw, concern=concern, error=error, attempts=attempts)  # fmt: skip
     fields = {b"id": entry.message_id.encode(), b"tag": entry.tag.encode()}
     return dead_letter(reason=reason, stream=part.outbox, entry_id=entry.entry_id, raw=fields,

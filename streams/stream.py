@@ -337,19 +337,7 @@ class ReadOnlyStream(_Stream):
             while idle_limit is None or idle < idle_limit:
                 reply: Any
                 if apart:
-                    for name, cursor in cursors.items():
-                        if name not in reads:
-                            reads[name] = asyncio.ensure_future(
-                                self.client.xread({name: cursor}, block=block_ms)
-                            )
-                    done, _ = await asyncio.wait(
-                        reads.values(), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    reply = []
-                    for name, task in list(reads.items()):
-                        if task in done:
-                            del reads[name]
-                            reply += task.result() or []
+                    reply = await self._read_apart(reads, cursors, block_ms)
                 else:
                     reply = await self.client.xread(cursors, block=block_ms)
                 if not reply:
@@ -365,6 +353,25 @@ class ReadOnlyStream(_Stream):
         finally:
             for task in reads.values():
                 task.cancel()
+
+
+    async def _read_apart(
+        self, reads: dict[KeyT, asyncio.Task[Any]], cursors: dict[KeyT, StreamIdT], block_ms: int
+    ) -> list[Any]:
+        """A blocking XREAD per partition (``reads`` keeps those still waiting); what the
+        first ones to answer found."""
+        for name, cursor in cursors.items():
+            if name not in reads:
+                reads[name] = asyncio.ensure_future(
+                    self.client.xread({name: cursor}, block=block_ms)
+                )
+        done, _ = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
+        found: list[Any] = []
+        for name, task in list(reads.items()):
+            if task in done:
+                del reads[name]
+                found += task.result() or []
+        return found
 
 
 class SyncWriteOnlyStream:

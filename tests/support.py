@@ -13,6 +13,7 @@ import redis
 import redis.asyncio
 
 from streamcqrs.streams import Settings, Subsystem
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.testing import MemoryServer
 
 T = TypeVar("T")
@@ -37,6 +38,24 @@ def async_client(url: str) -> redis.asyncio.Redis:
     if is_cluster_url(url):
         return Settings(url=url, username=None, password=None, cluster=True).async_client()
     return redis.asyncio.Redis.from_url(url)
+
+
+def acl_setuser(admin: redis.Redis, *args: str) -> None:
+    """ACL SETUSER ``args`` on the server (on every node of a cluster: each keeps its own)."""
+    _on_every_node(admin, "ACL", "SETUSER", *args)
+
+
+def acl_deluser(admin: redis.Redis, name: str) -> None:
+    """ACL DELUSER ``name`` (on every node of a cluster)."""
+    _on_every_node(admin, "ACL", "DELUSER", name)
+
+
+def _on_every_node(client: redis.Redis, *args: str) -> None:
+    if is_cluster(client):
+        cluster: Any = client
+        cluster.execute_command(*args, target_nodes=cluster.get_nodes())
+    else:
+        client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def flush(url: str) -> None:

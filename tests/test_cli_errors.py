@@ -39,6 +39,7 @@ def test_a_malformed_url_is_refused_before_any_worker(url: str, expected: str) -
     assert expected in line
 
 
+@pytest.mark.single_server("a cluster has database 0 only")
 def test_a_database_the_server_lacks_is_refused_before_any_worker(real: Backend) -> None:
     """redis://.../99 on a server with 16 databases: one line, checked with the server."""
     url = f"{real.url}?db=99" if (real.url or "").startswith("unix:") else f"{real.url}/99"

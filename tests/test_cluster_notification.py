@@ -131,7 +131,9 @@ def test_every_notification_ends_exactly_once_on_a_cluster_while_a_bot_is_killed
         stop_all(bots)
 
     terminal = terminal_events(client)
-    dead = sum(client.xlen(p.stream(Kind.DEAD_LETTERS)) for k in SUBSYSTEMS.values() for p in k.all())
+    dead = sum(
+        client.xlen(p.stream(Kind.DEAD_LETTERS)) for k in SUBSYSTEMS.values() for p in k.all()
+    )
     assert {t.encode(): 1 for t in tracking} == dict(terminal)
     assert [0, 0] == codes
     assert 0 == dead

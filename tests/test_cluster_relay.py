@@ -295,3 +295,50 @@ def test_status_shows_the_outbox_lag_until_the_relay_forwards(
     run(client.aclose())
     sync.close()
 
+
+
+def test_order_per_object_holds_while_relays_come_and_go(
+    cluster_url: str, run: Run[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three objects' outputs, committed in order in home.0: the first relay forwards a
+    round and dies before marking it, the second takes the lease over once it lapses and
+    forwards the rest. In away.0 each object's outputs are in commit order, each once."""
+    client = async_client(cluster_url)
+    for n in range(90):
+        commit = Commit(home=HOME)
+        commit.put(AWAY_KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=n), object_id=f"o{n % 3}"))
+        run(commit.run(client))
+
+    def relay(name: str) -> Relay:
+        return Relay(client, [HOME], holder=name, lease_s=0.3, interval=0.05, max_attempts=5,
+                     log=_Quiet())  # fmt: skip
+
+    first, second = relay("first"), relay("second")
+
+    async def scenario() -> tuple[int, int]:
+        held = len(await first.renew())
+        with monkeypatch.context() as patch:
+
+            def die(*_: Any) -> None:
+                raise Killed
+
+            patch.setattr(outbox, "_send", die)
+            with pytest.raises(Killed):
+                await first.round()  # forwarded them all, and died before marking them
+        taken = 0
+        deadline = time.monotonic() + 10
+        while not taken and time.monotonic() < deadline:
+            taken = len(await second.renew())  # the lease lapses: first no longer renews
+            await _sleep(0.05)
+        while await second.round():
+            pass
+        return held, taken
+
+    assert (1, 1) == run(scenario())
+    found = entries(run(client.xrange(AWAY.stream(Kind.CLIENT_OPERATIONS))))
+    per_object: dict[str, list[int]] = {}
+    for _, raw in found:
+        per_object.setdefault(raw[b"obj"].decode(), []).append(msgpack.unpackb(raw[b"data"])["n"])
+    assert {f"o{k}": list(range(k, 90, 3)) for k in range(3)} == per_object
+    assert 0 == run(client.xlen(HOME.outbox))
+    run(client.aclose())

@@ -140,6 +140,7 @@ def test_passwords_are_hidden_in_urls_shown() -> None:
     assert "unix:///tmp/s.sock" == redact("unix:///tmp/s.sock")
 
 
+@pytest.mark.single_server("a cluster has database 0 only")
 def test_check_tells_a_missing_database_from_a_server_that_is_down(real: Backend) -> None:
     """check(): the database a server lacks is a ConfigurationError (no retry fixes it); a
     port where nothing listens is ServerUnavailable (it may come up)."""

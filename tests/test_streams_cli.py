@@ -26,7 +26,7 @@ from streamcqrs.streams.envelope import as_str
 from streamcqrs.streams.statuses import Action, decode_stored
 from tests.commands import streamcqrs
 from tests.messages import Account, Deposited, Ping
-from tests.support import Backend
+from tests.support import Backend, acl_deluser, acl_setuser
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -331,7 +331,9 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
     """The CLI logs in as $REDIS_USERNAME/$REDIS_PASSWORD; a refusal is an error, not a trace."""
     put_pings(run, shop, 1)
     admin = real.sync_client()
-    admin.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "+@read", "~*")  # type: ignore[no-untyped-call]
+    # What a cluster client needs besides (harmless on one server), on every node.
+    acl_setuser(admin, "reader", "on", ">pw", "+@read", "~*", "+cluster|info", "+cluster|slots",
+                "+command")  # fmt: skip
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
         env |= {"REDIS_USERNAME": "reader", "REDIS_PASSWORD": "pw"}
@@ -343,7 +345,7 @@ def test_replay_logs_in_as_an_acl_user_and_reports_a_refusal(
                               cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=TIMEOUT, check=False)  # fmt: skip
     finally:
-        admin.execute_command("ACL", "DELUSER", "reader")  # type: ignore[no-untyped-call]
+        acl_deluser(admin, "reader")
     assert 2 == result.returncode
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr

@@ -110,8 +110,19 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     except redis.exceptions.ConnectionError as exc:
         return fail(f"cannot reach the server at {_where(args)}: {exc}; is it running?")
     except redis.exceptions.ResponseError as exc:
-        return fail(f"the server at {_where(args)} answered: {exc}")
+        return fail(_answered(args, exc))
     return status
+
+
+def _answered(args: argparse.Namespace, exc: redis.exceptions.ResponseError) -> str:
+    """What to say about an error the server answered."""
+    if "MOVED" in str(exc):  # a plain client on a cluster: the user could not ask the server
+        return (
+            f"the server at {_where(args)} is a cluster node and answered: {exc}; the user "
+            "could not ask whether it is one (grant it +cluster|info +cluster|slots +command, "
+            "as 'streamcqrs acl' does)"
+        )
+    return f"the server at {_where(args)} answered: {exc}"
 
 
 def _where(args: argparse.Namespace) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import heapq
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, TextIO, cast
@@ -33,6 +34,7 @@ from streamcqrs.streams.cli._common import (
     with_data,
 )
 from streamcqrs.streams.commit import Commit
+from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.envelope import Entry, as_str, entries, parse, script_entry
 from streamcqrs.streams.errors import DecodeError
 from streamcqrs.streams.handling import HandlingStore
@@ -199,7 +201,7 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
     cursors = dict(ends)
     try:
         while True:
-            reply = client.xread(cast(Any, cursors), block=1000)
+            reply = _read_new(client, cursors)
             for raw_key, found in cast(list[tuple[bytes, list[Entry]]], reply or []):
                 key = as_str(raw_key)
                 for entry in located(key, found):
@@ -207,6 +209,20 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
                     emit(out, [describe(*entry)], args.json)
     except KeyboardInterrupt:
         return 0
+
+
+def _read_new(client: redis.Redis, cursors: dict[str, str]) -> Any:
+    """New entries after ``cursors``: one XREAD blocking up to a second; on a cluster, where
+    one XREAD may not name several slots, one look per partition, then a pause if none had
+    anything."""
+    if not is_cluster(client) or len(cursors) == 1:
+        return client.xread(cast(Any, cursors), block=1000)
+    found: list[Any] = []
+    for key, cursor in cursors.items():
+        found += client.xread({key: cursor}) or []
+    if not found:
+        time.sleep(0.1)
+    return found
 
 
 # -- show ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamcqrs.streams.cli._common import CommandError
+from streamcqrs.streams.cluster import LocalCluster
 from streamcqrs.streams.server import LOOPBACK, LocalServer, answers
 
 DEFAULT_PORT = 6379
@@ -51,7 +52,23 @@ def add_parsers(commands: Any) -> None:
         "--appendonly", action="store_true",
         help="write every change to an append-only file, on disk before each reply",
     )  # fmt: skip
+    server.add_argument(
+        "--shards", type=_shards, default=0, metavar="N",
+        help="a local cluster instead: N primaries (and --replicas each) on free loopback "
+        "ports; prints the REDIS_URL of one node (clients find the others)",
+    )  # fmt: skip
+    server.add_argument(
+        "--replicas", type=int, default=1, choices=(0, 1, 2), metavar="R",
+        help="with --shards: replicas per primary (default: %(default)s)",
+    )  # fmt: skip
     server.set_defaults(func=server_command)
+
+
+def _shards(text: str) -> int:
+    """A shard count from 1 to 16, for argparse ``type=``."""
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"--shards must be a number from 1 to 16, not {text!r}")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -63,6 +80,8 @@ def _port(text: str) -> int:
 
 def server_command(args: argparse.Namespace, out: TextIO) -> int:
     """``server``: start it, print where it is, and wait for Ctrl-C/SIGTERM or its end."""
+    if args.shards:
+        return _cluster(args, out)
     port = None if args.socket else (args.port or DEFAULT_PORT)
     if port is not None and answers((LOOPBACK, port)):
         raise CommandError(
@@ -107,6 +126,39 @@ def server_command(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     finally:
         server.stop()
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(wake_read)
+        os.close(wake_write)
+
+
+def _cluster(args: argparse.Namespace, out: TextIO) -> int:
+    """``server --shards N``: a local cluster in the foreground until Ctrl-C/SIGTERM."""
+    if args.port or args.socket or args.data_dir or args.appendonly:
+        raise CommandError(
+            "--shards picks free loopback ports and temp dirs itself: drop --port, --socket, "
+            "--data-dir and --appendonly"
+        )
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_wakeup = signal.set_wakeup_fd(wake_write)
+    cluster = LocalCluster(shards=args.shards, replicas=args.replicas)
+    try:
+        cluster.start()
+        out.write(f"export REDIS_URL={cluster.url}\n")
+        out.flush()
+        ports = ", ".join(str(node.port) for node in cluster.nodes)
+        sys.stderr.write(
+            f"# a cluster of {args.shards} primaries with {args.replicas} replica(s) each "
+            f"(ports {ports}), in memory; Ctrl-C stops it\n"
+        )
+        select.select([wake_read], [], [])
+        sys.stderr.write("# stopping the cluster\n")
+        return 0
+    finally:
+        cluster.stop()
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

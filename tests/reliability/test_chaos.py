@@ -60,6 +60,9 @@ def _history(client: redis.Redis, record: str) -> list[HistoryEntry]:
     return [step for entry in decode_stored(stored)[1] for step in entry.steps()]
 
 
+@pytest.mark.single_server(
+    "its kill timing suits one server's bot start; test_cluster_notification kills on a cluster"
+)
 def test_kill_nine_under_load_loses_and_duplicates_nothing(
     real: Backend, run: Run[Any], tmp_path: Path
 ) -> None:
