@@ -9,7 +9,7 @@ here, beside the one helper that creates a consumer group whether or not it exis
 from __future__ import annotations
 
 import redis.asyncio
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, MovedError, ResponseError
 
 _PERMISSION = ("NOPERM", "ACL failure", "No permissions")
 """How servers word an ACL refusal: of a command, inside a script, of a key."""
@@ -46,6 +46,19 @@ def login_refused(exc: BaseException) -> bool:
 def no_such_database(exc: BaseException) -> bool:
     """True if SELECT named a database number the server does not have."""
     return isinstance(exc, ResponseError) and "DB index is out of range" in str(exc)
+
+
+def cluster_disabled(exc: BaseException) -> bool:
+    """True for a single server's answer to CLUSTER INFO (or a server without the command)."""
+    text = str(exc).lower()
+    return isinstance(exc, ResponseError) and (
+        "cluster support disabled" in text or "unknown command" in text
+    )
+
+
+def moved(exc: BaseException) -> bool:
+    """True for a cluster node's MOVED answer (a plain client sent a key to the wrong node)."""
+    return isinstance(exc, MovedError) or str(exc).startswith("MOVED")
 
 
 async def ensure_group(client: redis.asyncio.Redis, key: str, group: str, start: str) -> bool:

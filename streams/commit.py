@@ -12,9 +12,10 @@ these intents; the script's opcodes stay in this module.
 and applied on its own, and each gets its own replies or error back.
 
 Redis Cluster: a script may only touch keys of one slot. A commit built with ``home`` (the
-partition whose keys it is for: a bot's input partition) routes a put, append or delay bound
-for another hash tag into ``home.outbox`` instead, as the keys and arguments of a one-commit
-call for that slot; a relay runs it there, de-duplicated by message id.
+partition whose keys it is for: a bot's input partition) routes the puts, appends, snapshots
+and delays bound for another hash tag into ``home.outbox`` instead: per other slot, one entry
+holding the keys and arguments of one commit for that slot; a relay runs it there,
+de-duplicated by message id (``streams.outbox``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,17 @@ def unpack_event(
     return envelope, str(entry_id)
 
 
+@dataclass(slots=True)
+class _Outbound:
+    """What a commit built with ``home`` sends to one other slot: a commit of its own, stored
+    in the home outbox by the OUTBOX op at ``index`` (its fields are made when sent)."""
+
+    tag: str
+    message_id: str
+    commit: Commit
+    index: int = -1
+
+
 class Commit:
     """Intents to write together; send with ``run`` (or many at once with ``run_commits``)."""
 
@@ -179,6 +191,7 @@ class Commit:
         self.home = home
         """Set on a cluster: outputs for other hash tags go to ``home.outbox``."""
         self._nonce = ""
+        self._outbound: dict[str, _Outbound] = {}
         self.outboxed = False
         """True once an output was routed into the home outbox (a relay has work)."""
         self.replay_safe = replay_safe
@@ -225,28 +238,47 @@ class Commit:
 
     def args(self) -> list[Any]:
         """This commit's part of a script call's ARGV."""
-        return ["BEGIN", len(self._keys), *self._keys, *self._args]
+        if not self._outbound:
+            return ["BEGIN", len(self._keys), *self._keys, *self._args]
+        out: list[Any] = ["BEGIN", len(self._keys), *self._keys]
+        for word in self._args:
+            if isinstance(word, _Outbound):
+                fields = self._outbox_fields(word)
+                out += [len(fields), *fields]
+            else:
+                out.append(word)
+        return out
 
     def _foreign(self, key: str) -> bool:
         return self.home is not None and hash_tag(key) != self.home.tag
 
-    def _to_outbox(self, sub: Commit, message_id: str) -> int:
-        """Route a one-intent commit for another slot into the home partition's outbox.
+    def _outbox_for(self, tag: str, message_id: str) -> tuple[Commit, int]:
+        """The commit for slot ``tag`` that this one's outbox carries, and the index of its
+        OUTBOX op: one per slot, so what a commit sends to one slot is applied there as one,
+        checked and written together. ``message_id`` (its first output's) names it."""
+        found = self._outbound.get(tag)
+        if found is None:
+            assert self.home is not None
+            found = _Outbound(tag, message_id, Commit())
+            found.index = self._op("OUTBOX", self._key(self.home.outbox), found)
+            self._outbound[tag] = found
+            self.outboxed = True
+        return found.commit, found.index
 
-        With an input, the entry also names it (stream, concern, record, entry id): a relay
-        whose forward is refused there sends that record back to be handled again.
-        """
-        assert self.home is not None
+    def _outbox_fields(self, out: _Outbound) -> list[Any]:
+        """An outbox entry: the stored commit for one slot; with an input, also which record
+        wrote it (stream, concern, record, entry id), for a relay whose forward is refused
+        there to send that record back to be handled again."""
+        sub = out.commit
         fields = [
-            "id", message_id, "tag", hash_tag(sub.keys[0]),
+            "id", out.message_id, "tag", out.tag,
             "keys", msgpack.packb(sub.keys), "args", msgpack.packb(sub.args()),
         ]  # fmt: skip
-        self.outboxed = True
         if self.input is not None:
             inp = self.input
             fields += [OUTBOX_FROM, inp.stream, "for", inp.concern, "rec", inp.message_id,
                        "eid", inp.entry_id]  # fmt: skip
-        return self._op("OUTBOX", self._key(self.home.outbox), len(fields), *fields)
+        return fields
 
     @classmethod
     def forwarded(
@@ -326,10 +358,10 @@ class Commit:
         if on_existing is OnExisting.PRUNE and keep < 1:
             raise ConfigurationError(f"OnExisting.PRUNE must keep at least 1 record, not {keep}")
         if self._foreign(part.tag):
-            sub = Commit()
+            sub, index = self._outbox_for(part.tag, envelope.message_id)
             sub.put_at(part, kind, envelope, on_existing=on_existing, keep=keep, maxlen=maxlen,
                        extra=extra)  # fmt: skip
-            return self._to_outbox(sub, envelope.message_id)
+            return index
         return self._op(*self._put_words(part, kind, envelope, on_existing, keep, maxlen, extra))
 
     def _put_words(  # noqa: PLR0917 - put_at's operands, in its order
@@ -367,9 +399,9 @@ class Commit:
         """
         part = keys.for_object(aggregate_id)
         if self._foreign(part.tag) and envelopes:
-            sub = Commit()
+            sub, index = self._outbox_for(part.tag, envelopes[0].message_id)
             sub.append(keys, aggregate_id, envelopes, expected_version)
-            return self._to_outbox(sub, envelopes[0].message_id)
+            return index
         words: list[Any] = [
             "APPEND", self._key(part.aggregate(aggregate_id)),
             self._key(part.stream(Kind.EVENTS)), self._key(part.index(Kind.EVENTS)),
@@ -392,6 +424,10 @@ class Commit:
         when the commit applies (after its own appends); a state that moved on is skipped.
         """
         part = keys.for_object(envelope.object_id)
+        if self._foreign(part.tag):
+            sub, index = self._outbox_for(part.tag, envelope.message_id)
+            sub.snapshot(keys, envelope, version, keep)
+            return index
         words = self._put_words(part, Kind.SNAPSHOTS, envelope, OnExisting.PRUNE, keep, 0, ())
         return self._op("SNAPSHOT", self._key(part.aggregate(envelope.object_id)), version,
                         *words[1:])  # fmt: skip
@@ -399,9 +435,10 @@ class Commit:
     def delay(self, zset: str, due_ms: int, member: bytes) -> int:
         """Schedule ``member`` (a packed ``Delayed``) into a delayed set at ``due_ms``."""
         if self._foreign(zset):
-            sub = Commit()
+            digest = hashlib.blake2b(member, digest_size=16).hexdigest()
+            sub, index = self._outbox_for(hash_tag(zset), digest)
             sub.delay(zset, due_ms, member)
-            return self._to_outbox(sub, hashlib.blake2b(member, digest_size=16).hexdigest())
+            return index
         return self._op("DELAY", self._key(zset), due_ms, member)
 
     def dead_letter(

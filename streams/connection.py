@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.domain.errors import ConfigurationError
-from streamcqrs.streams._replies import login_refused, no_such_database
+from streamcqrs.streams._replies import cluster_disabled, login_refused, no_such_database
 from streamcqrs.streams.errors import ServerUnavailable
 from streamcqrs.streams.server import NO_SERVER_HINT, redact, resolve_url
 
@@ -134,7 +134,7 @@ class Settings:
                 f"cannot reach the server at {redact(url)}: {exc}; is it running? {NO_SERVER_HINT}"
             ) from None
         except ResponseError as exc:
-            if "cluster support disabled" in str(exc) or "unknown command" in str(exc).lower():
+            if cluster_disabled(exc):
                 return False
             problem = config_problem(exc, url) or ConfigurationError(
                 f"cannot tell whether the server at {redact(url)} is a cluster: {exc}; grant "

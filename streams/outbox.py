@@ -21,6 +21,12 @@ the record is Failed and dead-lettered with the reason instead. An entry that ca
 or a call refused for a reason no re-run fixes (an ACL refusal), is dead-lettered in the home
 partition with the reason: never retried forever, never lost silently.
 
+A commit's outputs for one slot are one entry, applied there as one (all checked, then all
+written). A commit with outputs for several slots has an entry per slot, in the order of its
+outputs; each is forwarded only after the one before it went through, and a refusal drops
+the ones after it (its handler runs again and makes them anew). So across slots a commit is
+not atomic, but what it sends later never lands when what it sent first was refused.
+
 Order: entries are taken oldest first, those for one slot go in one script call in outbox
 order, and a round ends before the next begins, so what one partition sends to another
 arrives in the order it was committed (and so does each object's).
@@ -177,6 +183,7 @@ async def forward(
     """
     report = Report()
     runnable, junk = _read(await waiting(client, part, count))
+    runnable = _in_turn(runnable)
     results, report.unconfirmed = await _apply(client, runnable)
     gone: list[str] = []
     for (entry, _), result in zip(runnable, results, strict=True):
@@ -195,14 +202,55 @@ async def forward(
     if gone:
         await _send(client, ("XDEL", part.outbox, *gone))
     for entry, error in report.refused:
+        later = await _later_of_same_commit(client, part, entry)
         if send_back:
-            await _send_back(client, part, entry, error, max_attempts=max_attempts, actor=actor)
+            await _send_back(client, part, entry, error, later, max_attempts=max_attempts,
+                             actor=actor)  # fmt: skip
         else:
-            await _send(client, ("XDEL", part.outbox, entry.entry_id))
+            await _send(client, ("XDEL", part.outbox, entry.entry_id, *later))
     for junk_id, fields, reason in junk:
         await _bury(client, part, junk_id, fields, reason)
         report.dead.append((junk_id, reason))
     return report
+
+
+def _in_turn(runnable: list[tuple[Pending, Commit]]) -> list[tuple[Pending, Commit]]:
+    """The longest run from the oldest entry that holds one entry per commit.
+
+    A commit that sends to several slots has one entry per slot, one after another; the
+    second goes out only once the first went through (a later round), and not at all if the
+    first was refused. So what decides (a saga's own append, made first) is checked before
+    what follows from it (the ending it appends elsewhere) is written.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    for at, (entry, _) in enumerate(runnable):
+        origin = entry.origin
+        if origin is None:
+            continue
+        name = (origin.stream, origin.entry_id, origin.concern)
+        if name in seen:
+            return runnable[:at]
+        seen.add(name)
+    return runnable
+
+
+async def _later_of_same_commit(
+    client: redis.asyncio.Redis, part: PartitionKeys, entry: Pending
+) -> list[str]:
+    """Ids of the entries right after ``entry`` written by the same commit (for other slots)."""
+    if entry.origin is None:
+        return []
+    found = entries(await client.xrange(part.outbox, f"({entry.entry_id}", "+", count=64))
+    later: list[str] = []
+    for raw_id, fields in found:
+        try:
+            origin = Pending.parse(as_str(raw_id), fields).origin
+        except StreamError:
+            break
+        if origin != entry.origin:
+            break
+        later.append(as_str(raw_id))
+    return later
 
 
 def _read(
@@ -303,15 +351,17 @@ async def _send_back(
     part: PartitionKeys,
     entry: Pending,
     error: Exception,
+    later: Sequence[str],
     *,
     max_attempts: int,
     actor: str,
 ) -> None:
-    """A refused forward: its record runs again (or fails), in one commit in the home slot."""
+    """A refused forward: its record runs again (or fails), in one commit in the home slot;
+    the entries its commit wrote for other slots after it (``later``) go, unforwarded."""
     why = f"output for {entry.tag} refused there: {error}"
     origin = entry.origin
     commit = Commit(replay_safe=False)
-    commit.unqueue(part.outbox, [entry.entry_id])
+    commit.unqueue(part.outbox, [entry.entry_id, *later])
     if origin is None:  # not a bot's commit: nobody to send it back to
         commit.dead_letter(_letter(part, entry, why, raw={}, error=error, concern=""), part=part)
     else:
@@ -341,8 +391,8 @@ async def _send_back(
     (result,) = await run_commits(client, [commit])
     if isinstance(result, InvalidTransition | Gone):
         # Settled otherwise meanwhile (an operator) or sent back by another relay: only
-        # take the entry out.
-        await _send(client, ("XDEL", part.outbox, entry.entry_id))
+        # take the entries out.
+        await _send(client, ("XDEL", part.outbox, entry.entry_id, *later))
     elif isinstance(result, Exception):
         raise result
 

@@ -111,11 +111,11 @@ def test_a_relay_killed_between_forwarding_and_marking_forwards_nothing_twice(
         patch.setattr(outbox, "_send", die)  # the XDEL that marks them forwarded
         with pytest.raises(Killed):
             run(outbox.forward(client, HOME))
-    assert 40 == run(client.xlen(HOME.outbox))  # forwarded, not marked
+    assert 20 == run(client.xlen(HOME.outbox))  # forwarded, not marked (one entry a commit)
 
     after = run(outbox.drain(client, [HOME]))
 
-    assert (0, 40, 0) == (after.forwarded, after.duplicates, run(client.xlen(HOME.outbox)))
+    assert (0, 20, 0) == (after.forwarded, after.duplicates, run(client.xlen(HOME.outbox)))
     assert 20 == run(client.xlen(AWAY.stream(Kind.CLIENT_OPERATIONS)))
     assert 20 == run(client.xlen(AWAY.stream(Kind.EVENTS)))
     assert [1] * 20 == [run(client.llen(AWAY.aggregate(f"acct-{n}"))) for n in range(20)]
@@ -342,3 +342,69 @@ def test_order_per_object_holds_while_relays_come_and_go(
     assert {f"o{k}": list(range(k, 90, 3)) for k in range(3)} == per_object
     assert 0 == run(client.xlen(HOME.outbox))
     run(client.aclose())
+
+
+def test_a_commits_outputs_for_one_slot_are_applied_together(
+    cluster_url: str, run: Run[Any]
+) -> None:
+    """A put and a conflicting append bound for away.0 in one commit: the append's refusal
+    refuses the put too (they are one commit there), and the record is sent back."""
+    sync = sync_client(cluster_url)
+    setup = Commit()
+    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
+    setup.run_sync(sync)
+    envelope = encode(Ping(n=1), object_id="p1")
+    commit = handled(delivered(sync, envelope), envelope)
+    commit.put(AWAY_KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=2), object_id="acct"))
+    commit.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    commit.settle(Action.COMPLETE, actor="c")
+    commit.run_sync(sync)
+    client = async_client(cluster_url)
+
+    report = run(outbox.forward(client, HOME))
+
+    assert (1, 0) == (len(report.refused), report.forwarded)
+    written = (sync.xlen(AWAY.stream(Kind.CLIENT_OPERATIONS)), sync.llen(AWAY.aggregate("acct")))
+    assert (0, 1) == written
+    run(client.aclose())
+    sync.close()
+
+
+def test_what_a_commit_sends_second_waits_for_its_first_and_goes_if_it_is_refused(
+    cluster_url: str, session_cluster: LocalCluster, run: Run[Any]
+) -> None:
+    """A commit appending first to away.0 (which conflicts) and then putting into away.1: the
+    put is held back while the append is tried, and dropped when it is refused; a commit whose
+    first output goes through gets its second forwarded in the next round."""
+    other = SubsystemKeys("away", 2)
+    second = other.partition(1)
+    assert session_cluster.node_for(second.outbox) not in (
+        session_cluster.node_for(HOME.outbox), session_cluster.node_for(AWAY.outbox))
+    sync = sync_client(cluster_url)
+    setup = Commit()
+    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
+    setup.run_sync(sync)
+    envelope = encode(Ping(n=1), object_id="p1")
+    refused = handled(delivered(sync, envelope), envelope)
+    refused.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    ok_put = encode(Ping(n=3), object_id="y")
+    assert 1 == other.for_object("y").partition
+    refused.put(other, Kind.CLIENT_OPERATIONS, encode(Ping(n=2), object_id="y"))
+    refused.settle(Action.COMPLETE, actor="c")
+    refused.run_sync(sync)
+    fine = Commit(home=HOME)
+    fine.append(AWAY_KEYS, "acct2", [encode(Opened(owner="x"), object_id="acct2")], 0)
+    fine.put(other, Kind.CLIENT_OPERATIONS, ok_put)
+    fine.run_sync(sync)
+    client = async_client(cluster_url)
+
+    first = run(outbox.forward(client, HOME))
+    rest = run(outbox.drain(client, [HOME]))
+
+    assert (1, 0) == (len(first.refused), first.forwarded)  # the round stops at its 2nd entry
+    assert (2, 0) == (rest.forwarded, len(rest.refused))  # fine's two, one round each
+    (put,) = entries(sync.xrange(second.stream(Kind.CLIENT_OPERATIONS)))
+    assert ok_put.message_id.encode() == put[1][b"id"]
+    assert 0 == sync.xlen(HOME.outbox)
+    run(client.aclose())
+    sync.close()

@@ -25,6 +25,7 @@ import redis.asyncio
 import redis.exceptions
 
 from streamcqrs.domain.errors import ConfigurationError, StreamCQRSError
+from streamcqrs.streams._replies import moved
 from streamcqrs.streams.commit import ATTEMPT_FIELD, CONCERN_FIELD
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import JSON, Entry, Envelope, as_str, decode, entries, parse
@@ -116,7 +117,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
 
 def _answered(args: argparse.Namespace, exc: redis.exceptions.ResponseError) -> str:
     """What to say about an error the server answered."""
-    if "MOVED" in str(exc):  # a plain client on a cluster: the user could not ask the server
+    if moved(exc):  # a plain client on a cluster: the user could not ask the server
         return (
             f"the server at {_where(args)} is a cluster node and answered: {exc}; the user "
             "could not ask whether it is one (grant it +cluster|info +cluster|slots +command, "
