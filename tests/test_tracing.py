@@ -34,7 +34,7 @@ from streamcqrs.streams import Subsystem
 from streamcqrs.streams.envelope import parse
 from streamcqrs.streams.keys import Kind, SubsystemKeys
 from streamcqrs.streams.tracing import refresh, trace_id
-from tests.support import Backend, Run
+from tests.support import Backend, Run, async_client
 
 
 def _reset_global_provider() -> None:
@@ -142,7 +142,7 @@ async def _post_and_await(url: str, base: str) -> str:
             )
             assert 202 == reply.status_code, reply.text
             nid: str = reply.json()["id"]
-            client = redis.asyncio.Redis.from_url(url)
+            client = async_client(url)
             views = Subsystem("notification", client).reader("views")
             try:
                 async with asyncio.timeout(30):
