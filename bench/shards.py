@@ -21,12 +21,8 @@ throughput here; the CPU per operation is what the capacity model in docs/design
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +31,7 @@ import redis
 from redis.crc import key_slot
 
 from bench.apps import Job, Work, Worked
+from bench.framework import bots
 from bench.machine import describe
 from bench.meter import process_cpu
 from streamcqrs.handlers import App, Context
@@ -136,25 +133,6 @@ def _server(cluster: LocalCluster) -> tuple[float, int]:
     return cpu, calls
 
 
-@contextlib.contextmanager
-def _bots(url: str, app: str, processes: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcqrs", "run", app, "--url", url,
-         "--processes", str(processes), "--log-level", "warning"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("REDIS_")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def _wait(check: Any, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -174,7 +152,7 @@ def measure(workload: str, shards: int, n: int) -> Run:
         server = f"{info.get('server_name', 'redis')} {info.get('valkey_version', '?')}"
         client = Settings(url=cluster.url).client()
         per_part = _fill(client, n)
-        with _bots(cluster.url, app, shards) as proc:
+        with bots(cluster.url, shards, app=app, args=("--log-level", "warning")) as proc:
             _wait(lambda: _done(client, done_keys, done_kind) >= 1, "the first commit", 60)
             cpu0, calls0, bot0 = *_server(cluster), process_cpu(proc.pid)
             before = _done(client, done_keys, done_kind)

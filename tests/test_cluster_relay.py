@@ -66,6 +66,20 @@ def handled(entry_id: str, envelope: Envelope) -> Commit:
     return Commit(inp, home=HOME)
 
 
+def racing(sync: Any, *, attempt: int = 0) -> tuple[Envelope, Commit]:
+    """Aggregate acct of away.0 at version 1, and the commit (home-routed, for a delivered
+    input) of a handler that loaded it before that: an append to it at 0 is refused there."""
+    setup = Commit()
+    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
+    setup.run_sync(sync)
+    envelope = encode(Ping(n=1), object_id="p1")
+    return envelope, handled(delivered(sync, envelope, attempt=attempt), envelope)
+
+
+LATE = [encode(Opened(owner="late"), object_id="acct")]
+"""The append at version 0 that ``racing``'s aggregate refuses."""
+
+
 def test_outputs_for_another_slot_arrive_once_and_in_order(
     cluster_url: str, run: Run[Any]
 ) -> None:
@@ -129,13 +143,8 @@ def test_a_version_conflict_there_sends_the_record_back_to_its_handler(
     there, the outbox entry is gone, and the record is AvailableAfterFailure again (history
     says why) with its input parked for its concern alone, as attempt 2."""
     sync = sync_client(cluster_url)
-    setup = Commit()
-    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
-    setup.run_sync(sync)
-    envelope = encode(Ping(n=1), object_id="p1")
-    entry_id = delivered(sync, envelope)
-    commit = handled(entry_id, envelope)
-    commit.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    envelope, commit = racing(sync)
+    commit.append(AWAY_KEYS, "acct", LATE, 0)
     commit.settle(Action.COMPLETE, actor="c")
     commit.run_sync(sync)
     client = async_client(cluster_url)
@@ -164,13 +173,8 @@ def test_after_the_last_attempt_a_refused_record_is_failed_and_dead_lettered(
     """The same refusal on attempt 5 of 5: the record is Failed and its input dead-lettered
     with the reason; nothing is parked."""
     sync = sync_client(cluster_url)
-    setup = Commit()
-    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
-    setup.run_sync(sync)
-    envelope = encode(Ping(n=1), object_id="p1")
-    entry_id = delivered(sync, envelope, attempt=5)
-    commit = handled(entry_id, envelope)
-    commit.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    envelope, commit = racing(sync, attempt=5)
+    commit.append(AWAY_KEYS, "acct", LATE, 0)
     commit.settle(Action.COMPLETE, actor="c")
     commit.run_sync(sync)
     client = async_client(cluster_url)
@@ -350,13 +354,9 @@ def test_a_commits_outputs_for_one_slot_are_applied_together(
     """A put and a conflicting append bound for away.0 in one commit: the append's refusal
     refuses the put too (they are one commit there), and the record is sent back."""
     sync = sync_client(cluster_url)
-    setup = Commit()
-    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
-    setup.run_sync(sync)
-    envelope = encode(Ping(n=1), object_id="p1")
-    commit = handled(delivered(sync, envelope), envelope)
+    _, commit = racing(sync)
     commit.put(AWAY_KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=2), object_id="acct"))
-    commit.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    commit.append(AWAY_KEYS, "acct", LATE, 0)
     commit.settle(Action.COMPLETE, actor="c")
     commit.run_sync(sync)
     client = async_client(cluster_url)
@@ -381,12 +381,8 @@ def test_what_a_commit_sends_second_waits_for_its_first_and_goes_if_it_is_refuse
     assert session_cluster.node_for(second.outbox) not in (
         session_cluster.node_for(HOME.outbox), session_cluster.node_for(AWAY.outbox))
     sync = sync_client(cluster_url)
-    setup = Commit()
-    setup.append(AWAY_KEYS, "acct", [encode(Opened(owner="first"), object_id="acct")], 0)
-    setup.run_sync(sync)
-    envelope = encode(Ping(n=1), object_id="p1")
-    refused = handled(delivered(sync, envelope), envelope)
-    refused.append(AWAY_KEYS, "acct", [encode(Opened(owner="late"), object_id="acct")], 0)
+    _, refused = racing(sync)
+    refused.append(AWAY_KEYS, "acct", LATE, 0)
     ok_put = encode(Ping(n=3), object_id="y")
     assert 1 == other.for_object("y").partition
     refused.put(other, Kind.CLIENT_OPERATIONS, encode(Ping(n=2), object_id="y"))

@@ -9,10 +9,12 @@ Ctrl-C or SIGTERM stops it and exits 0; a temp data dir is removed, a given one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -94,13 +96,7 @@ def server_command(args: argparse.Namespace, out: TextIO) -> int:
     server = LocalServer(
         port=port, socket_path=socket_path, directory=args.data_dir, appendonly=args.appendonly
     )
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    # A Python-level handler makes the interpreter write the signal's number to the wakeup
-    # fd; select() below wakes on it (no polling, nothing done inside the handler).
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    old_wakeup = signal.set_wakeup_fd(wake_write)
-    try:
+    with _signal_pipe() as wake_read, _stopping(server):
         server.start()
         assert server.process is not None
         kept = "kept" if args.data_dir else "removed on exit"
@@ -124,13 +120,34 @@ def server_command(args: argparse.Namespace, out: TextIO) -> int:
             )
         sys.stderr.write("# stopping the server\n")
         return 0
+
+
+@contextlib.contextmanager
+def _signal_pipe() -> Iterator[int]:
+    """A pipe SIGINT and SIGTERM write to while the block runs: select() on the fd it
+    yields wakes on either (no polling, nothing done inside a handler)."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    # A Python-level handler makes the interpreter write the signal's number to the fd.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_wakeup = signal.set_wakeup_fd(wake_write)
+    try:
+        yield wake_read
     finally:
-        server.stop()
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.close(wake_read)
         os.close(wake_write)
+
+
+@contextlib.contextmanager
+def _stopping(server: LocalServer | LocalCluster) -> Iterator[None]:
+    """Stop ``server`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def _cluster(args: argparse.Namespace, out: TextIO) -> int:
@@ -140,12 +157,8 @@ def _cluster(args: argparse.Namespace, out: TextIO) -> int:
             "--shards picks free loopback ports and temp dirs itself: drop --port, --socket, "
             "--data-dir and --appendonly"
         )
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    old_wakeup = signal.set_wakeup_fd(wake_write)
     cluster = LocalCluster(shards=args.shards, replicas=args.replicas)
-    try:
+    with _signal_pipe() as wake_read, _stopping(cluster):
         cluster.start()
         out.write(f"export REDIS_URL={cluster.url}\n")
         out.flush()
@@ -157,10 +170,3 @@ def _cluster(args: argparse.Namespace, out: TextIO) -> int:
         select.select([wake_read], [], [])
         sys.stderr.write("# stopping the cluster\n")
         return 0
-    finally:
-        cluster.stop()
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(wake_read)
-        os.close(wake_write)

@@ -9,72 +9,24 @@ pending. CI sends 300 with 8 kills; ``STREAMCQRS_LONG=1`` sends 2,000 with 20+ k
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis
-import redis.asyncio
 
 from examples.notification.bench_support import FAKE_SENDERS_ENV
-from examples.notification.client import send_notification
-from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
-from tests.reliability.bots import BotProcess, pending, stop_all, wait_until
-from tests.support import Backend, async_client
+from tests.reliability.bots import BotProcess, stop_all, wait_until
+from tests.reliability.notifications import drained, send_notifications, terminal_events
+from tests.support import Backend
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
 NOTIFICATIONS = 2_000 if LONG else 300
 KILLS = 20 if LONG else 8
 RATE = 100.0 if LONG else 40.0
 """Notifications sent per second: the client runs about as long as the kills go on."""
-TERMINAL = {
-    b"notification.NotificationSent",
-    b"notification.NotificationFailed",
-    b"notification.NotificationSuppressed",
-}
-EVENTS = SubsystemKeys("notification").partition(0).stream(Kind.EVENTS)
-
-
-def _terminal_events(client: redis.Redis) -> Counter[bytes]:
-    seen: Counter[bytes] = Counter()
-    for _entry_id, fields in client.xrange(EVENTS):
-        if fields.get(b"type") in TERMINAL:
-            seen[fields[b"obj"]] += 1
-    return seen
-
-
-def _all_groups_drained(client: redis.Redis) -> bool:
-    """True when no consumer group of any notification-example stream has pending entries."""
-    for subsystem in ("notification", "email", "slack"):
-        for kind in Kind:
-            key = SubsystemKeys(subsystem).partition(0).stream(kind)
-            if client.exists(key) and pending(client, key):
-                return False
-    return True
-
-
-def _send(url: str, tracking: list[str], errors: list[str]) -> None:
-    async def go() -> None:
-        notification = Subsystem("notification", async_client(url))
-        start = time.monotonic()
-        for n in range(NOTIFICATIONS):
-            recipient = ("alice", "bob", "carol", "dave")[n % 4]
-            tracking.append(await send_notification(notification, recipient, f"n{n}", "body"))
-            ahead = start + (n + 1) / RATE - time.monotonic()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-
-    try:
-        asyncio.run(go())
-    except Exception as exc:  # reported by the test, which fails on any
-        errors.append(repr(exc))
-
-
 @pytest.mark.timeout(300)
 def test_every_notification_ends_exactly_once_while_bots_are_killed(
     real: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -95,7 +47,10 @@ def test_every_notification_ends_exactly_once_while_bots_are_killed(
     client = real.sync_client()
     tracking: list[str] = []
     errors: list[str] = []
-    sender = threading.Thread(target=_send, args=(real.url, tracking, errors), daemon=True)
+    sender = threading.Thread(
+        target=send_notifications, args=(real.url, tracking, errors),
+        kwargs={"count": NOTIFICATIONS, "rate": RATE}, daemon=True,
+    )  # fmt: skip
     try:
         for bot in bots:
             bot.wait_ready()
@@ -112,18 +67,18 @@ def test_every_notification_ends_exactly_once_while_bots_are_killed(
         assert not sender.is_alive(), "the client did not finish"
         assert [] == errors
         wait_until(
-            lambda: len(_terminal_events(client)) >= NOTIFICATIONS,
+            lambda: len(terminal_events(client)) >= NOTIFICATIONS,
             f"{NOTIFICATIONS} terminal events",
             120,
         )
-        wait_until(lambda: _all_groups_drained(client), "every group drained", 60)
+        wait_until(lambda: drained(client), "every group drained", 60)
         for bot in bots:
             bot.wait_ready()
         codes = stop_all(bots)
     finally:
         stop_all(bots)
 
-    terminal = _terminal_events(client)
+    terminal = terminal_events(client)
     assert {t.encode(): 1 for t in tracking} == dict(terminal)
     assert [0, 0, 0] == codes
     print(f"\nnotification chaos: notifications={NOTIFICATIONS} kills={kills} terminal-once=all")
