@@ -44,8 +44,8 @@ from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.delayed import Mover, delayed_sets
 from streamcqrs.bots.logging import entry_logger, get_logger
 from streamcqrs.bots.observe import Observer
+from streamcqrs.bots.outbox_relay import OutboxRelay, check_slots
 from streamcqrs.bots.timers import Timers
-from streamcqrs.bots.relay import Relay, check_slots
 from streamcqrs.domain.errors import ConcurrencyConflict
 from streamcqrs.handlers import lifecycle
 from streamcqrs.handlers.delivery import Delivery, Source, Verdict, sources
@@ -129,7 +129,7 @@ class Bot:
             home=(lambda d: d.source.part) if self.cluster else None,
             resources=self.resources,
         )
-        self.relay = Relay(
+        self.relay = OutboxRelay(
             self.client, {s.part for s in self.sources}, holder=self.consumer,
             lease_s=min(config.visibility_timeout, 10.0), interval=config.mover_interval,
             max_attempts=config.max_attempts, log=self.log,

@@ -392,7 +392,8 @@ def consume(keys: SubsystemKeys, kind: Kind, concern: str, *, ordered: bool = Fa
 
 
 RELAY_REGISTRY = "{streamcqrs}:relays"
-"""The sorted set of live relays (``bots.relay.RELAYS``; the layers below bots name it here)."""
+"""The sorted set of live outbox relays (``bots.outbox_relay.RELAYS``, named here for the
+layers below bots)."""
 
 
 def relay(inputs: Iterable[SubsystemKeys], targets: Iterable[SubsystemKeys]) -> Grants:
@@ -410,12 +411,13 @@ def relay(inputs: Iterable[SubsystemKeys], targets: Iterable[SubsystemKeys]) -> 
         leases += [escape(p.outbox_lease) for p in _parts(keys)]
     for keys in targets:
         marks += [wildcard(lambda x, p=p: p.forwarded(x)) for p in _parts(keys)]  # type: ignore[misc]
-    why = "cluster relay"
+    why = "outbox relay"
     return Grants(
         frozenset(outboxes + leases + marks),
         (
             grant(outboxes, Access.READ_WRITE, ("xrange", "xlen", "xdel"), f"{why}: outboxes"),
-            grant(leases, Access.READ_WRITE, ("get", "set", "del"), f"{why}: one per outbox"),
+            grant(leases, Access.READ_WRITE, ("get", "set", "pexpire", "del"),
+                  f"{why}: one per outbox"),
             grant(marks, Access.READ_WRITE, ("hexists", "hset", "expire"),
                   f"{why}: forward each output once"),
             grant([escape(RELAY_REGISTRY)], Access.READ_WRITE,

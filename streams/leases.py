@@ -9,6 +9,9 @@ holder started; that is what the commit's fence is for (``Commit.fence``): the c
 carries a handler's outputs checks, inside the same atomic script, that the lease is still
 held by this token, and releases it, or writes nothing. ``handlers.exclusive`` takes a lease
 before a handler runs and fences its commit; the cleaner uses one to have a single leader.
+
+``take_all`` and ``release_all`` do the same for many keys in one round trip (on a cluster,
+one write per node that owns some of them): the outbox relays hold one lease per partition.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import os
 import random
 import secrets
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio
 import redis.exceptions
+from redis.exceptions import NoScriptError
 
+from streamcqrs.streams._wire import send_all
 from streamcqrs.streams.envelope import as_str
 from streamcqrs.streams.scripts import script
 
@@ -129,4 +134,32 @@ class Lease:
                 await task
 
 
-__all__ = ["PROCESS", "Lease"]
+async def _each(
+    client: redis.asyncio.Redis, action: str, keys: Sequence[str], token: str, ttl_ms: int
+) -> list[bool]:
+    lease = script("lease")
+    calls = [("EVALSHA", lease.sha, 1, key, action, token, ttl_ms) for key in keys]
+    replies = await send_all(client, calls)
+    if any(isinstance(r, NoScriptError) for r in replies):  # a new or promoted node
+        await lease.load(client)
+        replies = await send_all(client, calls)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return [bool(int(r)) for r in replies]
+
+
+async def take_all(
+    client: redis.asyncio.Redis, keys: Sequence[str], token: str, ttl_ms: int
+) -> list[bool]:
+    """``Lease.take`` for each of ``keys`` at once; per key, whether ``token`` holds it now."""
+    return await _each(client, "take", keys, token, max(1, ttl_ms)) if keys else []
+
+
+async def release_all(client: redis.asyncio.Redis, keys: Sequence[str], token: str) -> None:
+    """``Lease.release`` for each of ``keys`` at once (those others hold are left alone)."""
+    if keys:
+        await _each(client, "release", keys, token, 0)
+
+
+__all__ = ["PROCESS", "Lease", "release_all", "take_all"]

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streamcqrs.streams.connection import is_cluster
 
 _NETWORK = (RedisConnectionError, RedisTimeoutError, OSError)
-NAMES = ("commit", "latest", "by_tag", "lease", "read_in_turn")
+NAMES = ("commit", "latest", "by_tag", "lease", "read_in_turn", "clean")
 """Every script of the framework (``load_all`` puts them on a cluster's every node)."""
 
 

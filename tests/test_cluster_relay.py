@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from streamcqrs.bots.relay import Relay, check_slots
+from streamcqrs.bots.outbox_relay import OutboxRelay, check_slots
 from streamcqrs.bots.status import outbox_lag
 from streamcqrs.domain.errors import ConcurrencyConflict, ConfigurationError
 from streamcqrs.handlers import App
@@ -219,8 +219,8 @@ def test_relays_share_the_partitions_and_take_over_a_silent_one(
     parts = SubsystemKeys("home", 4).all()
     client = async_client(cluster_url)
 
-    def relay(name: str) -> Relay:
-        return Relay(client, parts, holder=name, lease_s=0.3, interval=0.05, max_attempts=5,
+    def relay(name: str) -> OutboxRelay:
+        return OutboxRelay(client, parts, holder=name, lease_s=0.3, interval=0.05, max_attempts=5,
                      log=_Quiet())  # fmt: skip
 
     first, second = relay("first"), relay("second")
@@ -313,8 +313,8 @@ def test_order_per_object_holds_while_relays_come_and_go(
         commit.put(AWAY_KEYS, Kind.CLIENT_OPERATIONS, encode(Ping(n=n), object_id=f"o{n % 3}"))
         run(commit.run(client))
 
-    def relay(name: str) -> Relay:
-        return Relay(client, [HOME], holder=name, lease_s=0.3, interval=0.05, max_attempts=5,
+    def relay(name: str) -> OutboxRelay:
+        return OutboxRelay(client, [HOME], holder=name, lease_s=0.3, interval=0.05, max_attempts=5,
                      log=_Quiet())  # fmt: skip
 
     first, second = relay("first"), relay("second")

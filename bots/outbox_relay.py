@@ -2,7 +2,7 @@
 
 On a cluster, a bot's commit puts what belongs to another slot into its input partition's
 outbox (``streams.outbox``). Every bot runs a relay over the partitions it reads; one relay
-at a time forwards a partition (a lease per partition, ``streams.lease``, renewed every third
+at a time forwards a partition (a lease per partition, ``streams.leases``, renewed every third
 of its time to live), so entries leave each outbox in order. A relay that dies (kill -9)
 stops renewing and another takes its partitions over once the leases lapse; what it had
 forwarded but not yet deleted is forwarded again and written nothing the second time.
@@ -31,12 +31,12 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.handlers.delivery import Source
-from streamcqrs.streams import lease
 from streamcqrs.streams import outbox as box
 from streamcqrs.streams._ids import now_ms
 from streamcqrs.streams._wire import check_one_slot, send_all
 from streamcqrs.streams.acl import RELAY_REGISTRY
 from streamcqrs.streams.keys import PartitionKeys
+from streamcqrs.streams.leases import release_all, take_all
 from streamcqrs.streams.scripts import load_all
 
 RELAYS = RELAY_REGISTRY
@@ -62,7 +62,7 @@ def check_slots(sources: Iterable[Source]) -> None:
         )  # fmt: skip
 
 
-class Relay:
+class OutboxRelay:
     """Forwards the outboxes of ``parts`` it holds the lease of (see the module)."""
 
     def __init__(
@@ -111,8 +111,8 @@ class Relay:
         keep = self.held[:share]
         extra = self.held[share:]
         if extra:
-            await lease.give_up(self.client, [p.outbox_lease for p in extra], self.holder)
-        kept = await lease.hold(self.client, [p.outbox_lease for p in keep], self.holder,
+            await release_all(self.client, [p.outbox_lease for p in extra], self.holder)
+        kept = await take_all(self.client, [p.outbox_lease for p in keep], self.holder,
                                 self.lease_ms)  # fmt: skip
         held = [p for p, ok in zip(keep, kept, strict=True) if ok]
         free = [p for p in self.parts if p not in held and p not in extra]
@@ -132,7 +132,7 @@ class Relay:
         taken: list[PartitionKeys] = []
         while order and len(taken) < room:
             chunk, order = order[: room - len(taken)], order[room - len(taken) :]
-            got = await lease.hold(self.client, [p.outbox_lease for p in chunk], self.holder,
+            got = await take_all(self.client, [p.outbox_lease for p in chunk], self.holder,
                                    self.lease_ms)  # fmt: skip
             taken += [p for p, ok in zip(chunk, got, strict=True) if ok]
         return taken
@@ -193,7 +193,7 @@ class Relay:
             for _ in range(10):
                 if not await self.round():
                     break
-            await lease.give_up(self.client, [p.outbox_lease for p in self.held], self.holder)
+            await release_all(self.client, [p.outbox_lease for p in self.held], self.holder)
             await send_all(self.client, [("ZREM", RELAYS, self.holder)])
         self.held = []
 
@@ -209,4 +209,4 @@ class Relay:
             self._wake.clear()
 
 
-__all__ = ["PER_ROUND", "RELAYS", "Relay", "check_slots"]
+__all__ = ["PER_ROUND", "RELAYS", "OutboxRelay", "check_slots"]
