@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcqrs.bots import recovery
-from streamcqrs.bots.cleaner import Cleaner
+from streamcqrs.bots.cleaner import Cleaner, cleaner_client
 from streamcqrs.bots.committer import Committer, Result
 from streamcqrs.bots.config import BotConfig
 from streamcqrs.bots.delayed import Mover, delayed_sets
@@ -146,7 +146,8 @@ class Bot:
         schedules = [s for s in app.deferred.schedules.values()
                      if not config.only or s.target.subsystem in config.only]  # fmt: skip
         self.timers = Timers(self.client, schedules, keys_of, types=app.types, log=self.log)
-        self.cleaner = Cleaner(self.client, app, keys_of, consumer=self.consumer, log=self.log)
+        self.cleaner = Cleaner(cleaner_client(config, timeout) or self.client, app, keys_of,
+                               consumer=self.consumer, log=self.log)  # fmt: skip
         self.stopping = asyncio.Event()
         self.handled = 0
         self._holding: set[int] = set()
@@ -209,6 +210,8 @@ class Bot:
             await committer
             if self.relay is not None:
                 await self.relay.finish()
+            if self.cleaner.client is not self.client:
+                await self.cleaner.client.aclose()
             self.log.info("stopped", handled=self.handled)
 
     async def _drain(self) -> None:

@@ -14,12 +14,17 @@ A leader that dies stops renewing; after the lease's ttl another bot takes it an
 cycle being unfinished, runs a whole cycle at once. Every step's writes are conditional
 or idempotent, so the result is what one uninterrupted cycle would have left.
 ``streamcqrs clean MODULE:APP`` runs one cycle from the command line.
+
+On a server with the generated ACL users the cleaner logs in as ``<app>-cleaner`` (bots:
+``--cleaner-user``; ``streamcqrs clean --username``): the bot user may not trim or forget. A
+cleaner the server refuses says once how to fix it, and the bot goes on handling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -28,13 +33,29 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from streamcqrs.bots.config import BotConfig
+from streamcqrs.bots.settings import CLEANER_PASSWORD
 from streamcqrs.domain.errors import StreamCQRSError
+from streamcqrs.handlers.acl import cleaner_user
 from streamcqrs.handlers.registry import App
 from streamcqrs.handlers.retention import Retention
 from streamcqrs.streams import cleaning, now_ms
+from streamcqrs.streams._replies import permission_refused
+from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.envelope import as_str
-from streamcqrs.streams.keys import SubsystemKeys
+from streamcqrs.streams.errors import PermissionDenied
+from streamcqrs.streams.keys import SubsystemKeys, cleaner_lease, cleaner_state
 from streamcqrs.streams.leases import PROCESS, Lease
+
+
+def cleaner_client(config: BotConfig, socket_timeout: float) -> redis.asyncio.Redis | None:
+    """A connection of the cleaner's own, logged in as ``config.cleaner_user`` (the password
+    from ``STREAMCQRS_CLEANER_PASSWORD``); None without a cleaner user."""
+    if not config.cleaner_user:
+        return None
+    settings = Settings(url=config.url, username=config.cleaner_user,
+                        password=os.environ.get(CLEANER_PASSWORD), socket_timeout=socket_timeout)
+    return settings.async_client()
 
 
 class LeaderLost(StreamCQRSError):
@@ -43,12 +64,12 @@ class LeaderLost(StreamCQRSError):
 
 def leader_key(app: str) -> str:
     """The app's cleaner lease (a string key; the holder's token, expiring)."""
-    return f"streamcqrs:cleaner:{app}"
+    return cleaner_lease(app)
 
 
 def state_key(app: str) -> str:
     """Hash: when the app's last cleaner cycle started and finished, and what it removed."""
-    return f"streamcqrs:cleaner:{app}:state"
+    return cleaner_state(app)
 
 
 @dataclass
@@ -181,7 +202,9 @@ class Cleaner:
         if not self.policies:
             return
         tick = min(self.settings.lease_ttl / 3, self.settings.every)
+        told = False
         while not stopping.is_set():
+            wait = tick
             try:
                 if await self._due() and await self.lease.take():
                     try:
@@ -193,8 +216,26 @@ class Cleaner:
                 self.log.warning("cleaner stopped mid-cycle", reason=str(lost))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 self.log.warning("cleaner lost the server; retrying")
+            except (redis.exceptions.ResponseError, PermissionDenied) as exc:
+                if not permission_refused(str(exc)):
+                    raise
+                # The bot's own user may not clean (least privilege): say once how to fix
+                # it, keep handling, and look again every cycle in case the grant comes.
+                if not told:
+                    self.log.error("the server refused the cleaner; this bot does not clean",
+                                   reason=str(exc), fix=self._fix())  # fmt: skip
+                told, wait = True, self.settings.every
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=tick)
+                await asyncio.wait_for(stopping.wait(), timeout=wait)
+
+    def _fix(self) -> str:
+        """What to do when the server refuses the cleaner."""
+        user = cleaner_user(self.app)
+        return (
+            f"run the bots with --cleaner-user {user} (or STREAMCQRS_CLEANER_USER) and its "
+            f"password in {CLEANER_PASSWORD}, or run 'streamcqrs clean MODULE:APP --username "
+            f"{user}' on a schedule; 'streamcqrs acl MODULE:APP' prints {user}"
+        )
 
 
-__all__ = ["Cleaner", "LeaderLost", "Report", "leader_key", "state_key"]
+__all__ = ["Cleaner", "LeaderLost", "Report", "cleaner_client", "leader_key", "state_key"]

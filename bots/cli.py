@@ -161,6 +161,13 @@ def add_parsers(commands: Any) -> None:
         "partition's outbox and the bots' relays (%(env)s: ask the server)",
     )
     run.add_argument(
+        "--cleaner-user",
+        default=None,
+        metavar="USER",
+        help="ACL user the cleaner logs in as, e.g. the APP-cleaner of 'streamcqrs acl' (its "
+        "password from $STREAMCQRS_CLEANER_PASSWORD; %(env)s: the bots' own user)",
+    )
+    run.add_argument(
         "--log-level",
         choices=LEVELS,
         default=None,
@@ -273,10 +280,15 @@ def clean_command(args: argparse.Namespace, out: TextIO) -> int:
     import asyncio
     import os
 
+    from redis.exceptions import ResponseError
+
     from streamcqrs.bots.cleaner import Cleaner
     from streamcqrs.bots.logging import get_logger
+    from streamcqrs.handlers.acl import cleaner_user
     from streamcqrs.handlers.registry import App
+    from streamcqrs.streams._replies import permission_refused
     from streamcqrs.streams.cli import CommandError, connect_async
+    from streamcqrs.streams.errors import PermissionDenied
     from streamcqrs.streams.keys import SubsystemKeys
 
     configure("warning")  # the report below says what the cycle did
@@ -297,7 +309,16 @@ def clean_command(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             await client.aclose()
 
-    report = asyncio.run(one_cycle())
+    try:
+        report = asyncio.run(one_cycle())
+    except (ResponseError, PermissionDenied) as exc:
+        if not permission_refused(str(exc)):
+            raise
+        user = cleaner_user(app)
+        raise CommandError(
+            f"the server refused the cleaner ({exc}); log in as {user} (--username {user}, "
+            f"its password in $REDIS_PASSWORD): 'streamcqrs acl {args.app}' prints that user"
+        ) from None
     if report is None:
         raise CommandError(
             f"another process leads the cleaner of {app.name!r} (it kept the lease for "

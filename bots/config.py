@@ -52,6 +52,10 @@ class BotConfig:
     other hash tags go through the partition's outbox, and each bot runs a relay."""
     metrics: bool = False
     """Count deliveries and time handlers and commits for Prometheus (``bots.metrics``)."""
+    cleaner_user: str | None = None
+    """ACL user the cleaner logs in as on a connection of its own, its password from
+    ``STREAMCQRS_CLEANER_PASSWORD`` (``streamcqrs acl`` prints it as ``<app>-cleaner``: the
+    bot user may not trim or forget); None: the cleaner shares the bot's connection."""
     index: int = 0
     """This process's number under the supervisor (part of its consumer names)."""
     consumer: str = field(default="")

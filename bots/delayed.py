@@ -22,7 +22,7 @@ import redis.asyncio
 import redis.exceptions
 
 from streamcqrs.handlers.delivery import Source
-from streamcqrs.handlers.registry import App, StreamRef
+from streamcqrs.handlers.registry import App
 from streamcqrs.streams import now_ms
 from streamcqrs.streams.commit import Commit, run_commits
 from streamcqrs.streams.errors import Gone
@@ -35,11 +35,7 @@ PER_ROUND = 200
 def delayed_sets(app: App, sources: Iterable[Source]) -> set[tuple[PartitionKeys, Kind]]:
     """Every delayed set ``app`` writes to: its inputs', its declared outputs', its tickets'."""
     out = {(s.part, s.ref.kind) for s in sources}
-    refs = {w for spec in app.handlers for w in spec.writes}
-    refs |= {m.spec.source for m in app.deferred.methods.values()}
-    refs |= {m for m_spec in app.deferred.methods.values() for m in m_spec.spec.writes}
-    refs |= {StreamRef(sub, Kind.INTERNAL_OPERATIONS) for sub in app.deferred.tickets}
-    for ref in refs:
+    for ref in app.delayed_streams():
         keys = SubsystemKeys(ref.subsystem, app.partitions_of(ref.subsystem))
         out |= {(part, ref.kind) for part in keys.all()}
     return out

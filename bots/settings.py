@@ -19,6 +19,8 @@ from streamcqrs.bots.config import BotConfig
 from streamcqrs.domain.errors import ConfigurationError
 
 PREFIX = "STREAMCQRS_"
+CLEANER_PASSWORD = f"{PREFIX}CLEANER_PASSWORD"
+"""The variable holding the cleaner user's password (never a flag: argv is visible to all)."""
 _D = BotConfig()
 
 
@@ -44,6 +46,7 @@ class BotSettings(BaseSettings):
     mover_interval: float = Field(_D.mover_interval, gt=0)
     dead_consumer_after: float = Field(_D.dead_consumer_after, gt=0)
     cluster: bool | None = Field(_D.cluster, description="the server is a cluster (none: ask it)")
+    cleaner_user: str | None = Field(None, description="ACL user the cleaner logs in as")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve /metrics here")
     metrics_host: str = Field("0.0.0.0", description="address the metrics port listens on")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -75,6 +78,7 @@ class BotSettings(BaseSettings):
             dead_consumer_after=self.dead_consumer_after,
             cluster=self.cluster,
             metrics=self.metrics_port is not None,
+            cleaner_user=self.cleaner_user or None,
         )
 
 
@@ -95,4 +99,4 @@ def load(overrides: Mapping[str, Any] | None = None) -> BotSettings:
         ) from None
 
 
-__all__ = ["PREFIX", "BotSettings", "load"]
+__all__ = ["CLEANER_PASSWORD", "PREFIX", "BotSettings", "load"]

@@ -31,8 +31,10 @@ def add_parsers(commands: Any) -> None:
         parents=[connection],
         help="print (or create) the least-privilege Redis ACL users of an app",
         description="Print one ACL SETUSER line per user an app needs: a write-only client "
-        "per handled client-operation stream, a bot allowed exactly what its handlers "
-        "declared, an API that reads views and events. Needs Redis 7+ or Valkey (ACL "
+        "per handled client-operation stream, a ticket submitter per subsystem whose "
+        "tickets it executes, a bot allowed exactly what its handlers and deferred work "
+        "declared, a cleaner apart from it when the app declares retention, an API that "
+        "reads views and events. Needs Redis 7+ or Valkey (ACL "
         "selectors). Each user gets a fresh random password unless --password is given. The "
         "lines go to stdout (pipe them into redis-cli or valkey-cli), what each user is for "
         "to stderr.",

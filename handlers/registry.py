@@ -284,6 +284,18 @@ class App(Deferrable):
         """Subsystems whose streams a handler of this app consumes (what ``--only`` names)."""
         return {spec.source.subsystem for spec in self.handlers}
 
+    def delayed_streams(self) -> set[StreamRef]:
+        """Streams beyond its inputs whose delayed sets the app's bots move (``bots.delayed``):
+        every stream a handler or ticket work declares in ``writes``, ticket work's own
+        streams, and the ticket streams the app executes. The ACL bot user is granted the same.
+        """
+        refs = {w for spec in self.handlers for w in spec.writes}
+        for method in self.deferred.methods.values():
+            refs.add(method.spec.source)
+            refs.update(method.spec.writes)
+        refs.update(StreamRef(sub, Kind.INTERNAL_OPERATIONS) for sub in self.deferred.tickets)
+        return refs
+
     def subsystems(self) -> set[str]:
         """Every subsystem a handler reads, writes or appends to."""
         names = set(self.partitions)

@@ -16,10 +16,12 @@ Two server rules shape the grants (checked in tests/test_acl.py on a real server
 * Key permissions follow each command's key spec: XADD, HSET, ZADD, XACK need write only
   (``%W~``); XRANGE, HGET need read only (``%R~``); INCRBY, XREADGROUP, XAUTOCLAIM need both.
 
-The building blocks below (``put``, ``next_id``, ``read``, ``consume``, ``append``, ``load``)
-know which keys and commands each framework operation touches; ``handlers.acl`` composes
-them from an app's declarations. Patterns are exact per partition: ``{notification.0}:views``,
-not ``{notification.*}``, whose ``*`` would also match keys of other streams.
+The building blocks below (``put``, ``next_id``, ``read``, ``consume``, ``append``, ``load``,
+and for deferred work ``move``, ``lease``, ``receipts``, ``concern_status``, ``cursor``,
+``clean``, ``compact``) know which keys and commands each framework operation touches;
+``handlers.acl`` composes them from an app's declarations. Patterns are exact per partition:
+``{notification.0}:views``, not ``{notification.*}``, whose ``*`` would also match keys of
+other streams.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ PARKED_COMMANDS = ("xadd", "xrange", "xdel", "zadd", "zrangebylex", "zrem")
 """What an ordered consumer does on its parked entries: park, find the next, take it back."""
 AGGREGATE_READ_COMMANDS = ("llen", "lindex", "lrange")
 """What loading an aggregate does on its event list: its length (the version) and events."""
+MOVER_COMMANDS = ("zrangebyscore", "zscore", "zrem")
+"""What the mover does on a delayed set it serves: find due members, take them."""
+LEASE_COMMANDS = ("set", "get", "pexpire", "del")
+"""What lease.lua does on a lease key (take, renew, release) and a commit's fence (GET, DEL)."""
+STATUS_CLEANER_COMMANDS = ("hscan", "hmget", "hget", "hdel")
+"""What the cleaner does on handling statuses: find done records, forget them if unchanged."""
 
 
 class Access(StrEnum):
@@ -454,6 +462,107 @@ def load(keys: SubsystemKeys) -> Grants:
     )
 
 
+def move(keys: SubsystemKeys, kind: Kind) -> Grants:
+    """Move due entries of one stream kind's delayed sets into it (the bots' mover serves
+    every stream the app writes to, not only its inputs): read the set, take a member
+    (ZSCORE, ZREM in the commit), put it (OnExisting.SKIP reads the index and the stream)."""
+    delayed = [escape(p.delayed(kind)) for p in _parts(keys)]
+    why = f"move due entries into {keys.subsystem}/{kind}"
+    return Grants(
+        frozenset(delayed), (grant(delayed, Access.READ_WRITE, MOVER_COMMANDS, why),)
+    ) + put(keys, kind, dedupe=True, prune=False, delay=False)
+
+
+def lease(key: str, why: str) -> Grants:
+    """Hold one lease (``streams.leases``): take, renew, release it through lease.lua, and
+    fence a commit with it (commit.lua's LEASE). One exact key, never a pattern."""
+    keys = [escape(key)]
+    return Grants(frozenset(keys), (grant(keys, Access.READ_WRITE, LEASE_COMMANDS, why),))
+
+
+def receipts(keys: SubsystemKeys, *, expire: bool = False, read: bool = False) -> Grants:
+    """Ticket receipts of one subsystem (one small hash per ticket, ``{s.p}:receipt:<id>``).
+
+    Submitting a ticket writes its first receipt (HSET, in commit.lua's RECEIPT); the ticket
+    executor finishes it and sets when the server deletes it (``expire``: PEXPIREAT);
+    a submitter reads receipts back (``read``: HGETALL, outside any script).
+    """
+    found = [wildcard(p.receipt) for p in _parts(keys)]
+    where = f"{keys.subsystem} receipts"
+    out = [grant(found, Access.WRITE, ("hset", "pexpireat") if expire else ("hset",),
+                 f"write {where}")]  # fmt: skip
+    if read:
+        out.append(grant(found, Access.READ, ("hgetall",), f"read {where}"))
+    return Grants(frozenset(found), tuple(out))
+
+
+def concern_status(keys: SubsystemKeys, kind: Kind, concern: str) -> Grants:
+    """Read one concern's handling statuses and the stream's switches (``HandlingStore.status``
+    and ``history``), as a ticket's submitter does to tell a Failed ticket from a waiting one
+    (``status`` reads every concern's, for ``Client.status``)."""
+    where = f"{keys.subsystem}/{kind}/{concern}"
+    found = [escape(p.handling_status(kind, concern)) for p in _parts(keys)]
+    flags = [escape(p.handling_flags(kind)) for p in _parts(keys)]
+    return Grants(grants=(
+        grant(found + flags, Access.READ, ("hget", "hmget"), f"read the statuses of {where}"),
+    ))  # fmt: skip
+
+
+def cursor(key: str, why: str) -> Grants:
+    """A schedules hash (``{s.p}:schedules``): the timers read each schedule's last due time
+    and move it on in the commit that puts the operation (commit.lua's CURSOR)."""
+    keys = [escape(key)]
+    return Grants(frozenset(keys), (grant(keys, Access.READ_WRITE, ("hget", "hset"), why),))
+
+
+def clean(keys: SubsystemKeys, kind: Kind, *, trim: bool) -> Grants:
+    """Apply a retention policy to one stream kind (``streams.cleaning``, clean.lua).
+
+    Forget the statuses of done records of every concern on the stream (its consumer groups
+    name them: XINFO GROUPS; a status is forgotten, HDEL, only if unchanged: HGET), and note
+    what was cleaned for ``streamcqrs show``. With ``trim``, also drop the stream's oldest
+    entries (XTRIM, never past what a group still needs: XPENDING) with their index entries
+    (latest by id, by tag, by object) and their records' done statuses.
+    """
+    where = f"{keys.subsystem}/{kind}"
+    streams = [escape(p.stream(kind)) for p in _parts(keys)]
+    found = [wildcard(partial(p.handling_status, kind)) for p in _parts(keys)]
+    notes = [escape(p.cleaned(kind)) for p in _parts(keys)]
+    out = [
+        grant(streams, Access.READ, ("xinfo|groups",), f"find the concerns of {where}"),
+        grant(found, Access.READ_WRITE, STATUS_CLEANER_COMMANDS, f"forget done in {where}"),
+        grant(notes, Access.WRITE, ("hset",), f"note what was cleaned of {where}"),
+    ]
+    script = found + notes
+    if trim:
+        indexes = [escape(p.index(kind)) for p in _parts(keys)]
+        sets = [_tags(p, kind) for p in _parts(keys)] + [_by_object(p, kind) for p in _parts(keys)]
+        out += [
+            grant(streams, Access.READ, ("xlen", "xrange", "xpending"), f"find old {where}"),
+            grant(streams, Access.WRITE, ("xtrim",), f"trim {where}"),
+            grant(indexes, Access.READ_WRITE, ("hget", "hdel"), f"unindex trimmed {where}"),
+            grant(sets, Access.WRITE, ("zrem",), f"unindex trimmed {where} by tag and object"),
+        ]
+        script += streams + indexes + sets
+    return Grants(frozenset(script), tuple(out))
+
+
+def compact(keys: SubsystemKeys) -> Grants:
+    """Compact one subsystem's aggregates behind their snapshots (``cleaning.compact``): read
+    the snapshots put since the last run (a cursor in the snapshots' cleaned notes), and drop
+    each aggregate's events up to its snapshot (commit.lua's COMPACT: LTRIM, LPUSH a header).
+    """
+    where = f"{keys.subsystem} aggregates"
+    snapshots = [escape(p.stream(Kind.SNAPSHOTS)) for p in _parts(keys)]
+    notes = [escape(p.cleaned(Kind.SNAPSHOTS)) for p in _parts(keys)]
+    lists = [wildcard(p.aggregate) for p in _parts(keys)]
+    return Grants(frozenset(lists), (
+        grant(snapshots, Access.READ, ("xrange",), f"find snapshots to compact {where} behind"),
+        grant(notes, Access.READ_WRITE, ("hget", "hset"), f"how far {where} were compacted"),
+        grant(lists, Access.READ_WRITE, ("llen", "lindex", "ltrim", "lpush"), f"compact {where}"),
+    ))  # fmt: skip
+
+
 def role(name: str, parts: Iterable[Grants], why: str = "") -> Role:
     """A role from building blocks: ``role("email-client", [put(...), next_id(...)])``."""
     total = Grants()
@@ -484,9 +593,12 @@ __all__ = [
     "DELAYED_COMMANDS",
     "FLAG_COMMANDS",
     "HANDLING_COMMANDS",
+    "LEASE_COMMANDS",
+    "MOVER_COMMANDS",
     "READER_COMMANDS",
     "RELAY_REGISTRY",
     "SCRIPT_COMMANDS",
+    "STATUS_CLEANER_COMMANDS",
     "Access",
     "Grant",
     "Grants",
@@ -494,15 +606,22 @@ __all__ = [
     "Role",
     "Roles",
     "append",
+    "clean",
+    "compact",
+    "concern_status",
     "consume",
+    "cursor",
     "escape",
     "execute",
     "grant",
+    "lease",
     "load",
+    "move",
     "new_password",
     "next_id",
     "put",
     "read",
+    "receipts",
     "relay",
     "role",
     "status",

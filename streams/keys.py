@@ -194,3 +194,13 @@ class SubsystemKeys:
     def all(self) -> list[PartitionKeys]:
         """The keys of every partition, in order."""
         return [PartitionKeys(self.subsystem, p) for p in range(self.partitions)]
+
+
+def cleaner_lease(app: str) -> str:
+    """String: the token of the bot (or ``streamcqrs clean``) leading ``app``'s cleaner."""
+    return f"streamcqrs:cleaner:{app}"
+
+
+def cleaner_state(app: str) -> str:
+    """Hash: when ``app``'s last cleaner cycle started and finished, and what it removed."""
+    return f"{cleaner_lease(app)}:state"

@@ -99,3 +99,18 @@ class Backend:
             self._run(client.aclose())
         for sync in self._sync_clients:
             sync.close()
+
+
+REFUSALS = ("NOPERM", "No permissions", "NoPermissionError", "ACL failure")
+"""How a refusal of the ACL user reads in a bot's log: redis-py drops the NOPERM code from
+its NoPermissionError ("No permissions to access a key"), a script says "ACL failure"."""
+
+
+def refused_lines(log: str) -> list[str]:
+    """The lines of a bot's log where the server refused its user, or a background task
+    (the mover, the timers, the cleaner) failed: none, for a bot allowed all it does."""
+    return [
+        line
+        for line in log.splitlines()
+        if any(mark in line for mark in REFUSALS) or "background task failed" in line
+    ]
