@@ -2,10 +2,10 @@
 
 ``import streamcqrs`` gives the names a user of the README tour needs: the message and
 aggregate models, ``message`` to register a type, ``App`` and ``Context`` for handlers, the
-control-flow exceptions, ``Subsystem`` for producers and readers, and the error root. The
-layers stay importable on their own (``streamcqrs.domain``, ``streamcqrs.streams``,
-``streamcqrs.handlers``, ``streamcqrs.bots``); the names here load their layer on first use,
-so importing ``streamcqrs.domain`` never pulls in redis.
+control-flow exceptions, ``Subsystem`` and ``Client`` for producers and readers, and the
+error root. The layers stay importable on their own (``streamcqrs.domain``,
+``streamcqrs.streams``, ``streamcqrs.handlers``, ``streamcqrs.bots``); the names here load
+their layer on first use, so importing ``streamcqrs.domain`` never pulls in redis.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _HOMES = {
     "Resources": "streamcqrs.handlers",
     "Retry": "streamcqrs.handlers",
     # Producers and readers
+    "Client": "streamcqrs.streams",
     "OnExisting": "streamcqrs.streams",
     "Settings": "streamcqrs.streams",
     "Subsystem": "streamcqrs.streams",
@@ -40,6 +41,7 @@ _HOMES = {
 __all__ = [
     "Aggregate",
     "App",
+    "Client",
     "Context",
     "Event",
     "Fail",
@@ -74,4 +76,4 @@ if TYPE_CHECKING:
     from streamcqrs.domain import Aggregate, Event, Message, Operation, message
     from streamcqrs.domain.errors import StreamCQRSError
     from streamcqrs.handlers import App, Context, Fail, NotYet, Resources, Retry
-    from streamcqrs.streams import OnExisting, Settings, Subsystem
+    from streamcqrs.streams import Client, OnExisting, Settings, Subsystem

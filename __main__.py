@@ -37,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="streamcqrs",
         description="Run and operate streamcqrs subsystems on a Redis or Valkey server: "
-        "'server' for development, 'run' the bots of an app, 'status' of its consumer "
-        "groups, look at streams ('tail', 'show'), put records again ('replay'), deal with "
-        "what failed ('dead-letters', 'failed'), and least-privilege users ('acl').",
+        "'server' for development, 'run' the bots of an app, watch them ('status', "
+        "'health', 'dashboard'), look at streams ('tail', 'show'), put records again "
+        "('replay'), deal with what failed ('dead-letters', 'failed'), manage consumer groups "
+        "('groups') and retention ('clean'), serve the app over HTTP ('gateway', 'token'), "
+        "least-privilege users ('acl') and the app's AsyncAPI document ('asyncapi').",
         epilog="The server is --url, else $REDIS_URL. Run 'streamcqrs COMMAND --help' for a "
         "command's options.",
     )

@@ -3,6 +3,7 @@ versioned aggregates, the handling store, Lua scripts and the server to run them
 
 from streamcqrs.streams._ids import entry_key, now_ms, to_ms
 from streamcqrs.streams.aggregates import AggregateStore, AppendResult
+from streamcqrs.streams.client import Client, OperationStatus, State
 from streamcqrs.streams.commit import Commit, Input, OnExisting
 from streamcqrs.streams.connection import Settings
 from streamcqrs.streams.deadletter import DeadLetter, read_dead_letters
@@ -36,6 +37,7 @@ __all__ = [
     "Action",
     "AggregateStore",
     "AppendResult",
+    "Client",
     "Commit",
     "Composite",
     "DeadLetter",
@@ -53,6 +55,7 @@ __all__ = [
     "LocalServer",
     "NotOwner",
     "OnExisting",
+    "OperationStatus",
     "PartitionKeys",
     "PermissionDenied",
     "PutResult",
@@ -61,6 +64,7 @@ __all__ = [
     "RoleError",
     "ServerUnavailable",
     "Settings",
+    "State",
     "Status",
     "StreamError",
     "Subsystem",

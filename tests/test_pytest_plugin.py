@@ -1,16 +1,21 @@
 """The README's first app and its handler test, run by plain pytest in a folder of their own.
 
-The two files are the README's code blocks that start ``# shop.py`` and ``# test_shop.py``,
-so the README cannot drift from what runs. A second, failing ``async def`` test proves the
-plugin really runs coroutine tests (pytest alone would skip both with a warning).
+The files are the README's code blocks that start ``# shop.py``, ``# test_shop.py`` and
+``# place.py``, so the README cannot drift from what runs. A second, failing ``async def``
+test proves the plugin really runs coroutine tests (pytest alone would skip both with a
+warning).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import flush
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +48,27 @@ async def test_that_runs_and_fails() -> None:
     )  # fmt: skip
     assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
     assert "this async test ran" in done.stdout
+
+
+def test_the_readme_first_app_runs_with_its_producer(tmp_path: Path, real_url: str) -> None:
+    """The README's ``shop.py`` run by ``streamcqrs run shop:app`` from its folder, and its
+    ``place.py`` producer: the operation is Completed and its view is there, as the README
+    says ``python place.py`` prints."""
+    flush(real_url)
+    (tmp_path / "shop.py").write_text(readme_file("shop.py"))
+    (tmp_path / "place.py").write_text(readme_file("place.py"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"REDIS_URL": real_url}
+    bots = subprocess.Popen(
+        [sys.executable, "-m", "streamcqrs", "run", "shop:app"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        placed = subprocess.run([sys.executable, "place.py"], check=False, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        bots.send_signal(signal.SIGTERM)
+        _, errors = bots.communicate(timeout=30)
+    expected = re.search(r"python place.py +# (.*)\n", (ROOT / "README.md").read_text())
+    assert expected is not None, "the README says what python place.py prints"
+    assert placed.stdout.strip() == expected.group(1), placed.stdout + placed.stderr + errors
+    assert bots.returncode == 0, errors

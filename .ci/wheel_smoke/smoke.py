@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,8 +26,9 @@ from streamcqrs import Settings, Subsystem
 HERE = Path.cwd()
 BIN = Path(sys.executable).parent
 COMMAND = str(BIN / "streamcqrs")
-SUBCOMMANDS = ("run", "status", "tail", "show", "replay", "dead-letters", "failed", "acl",
-               "server")  # fmt: skip
+SUBCOMMANDS = ("run", "status", "clean", "health", "dashboard", "gateway", "token", "server",
+               "tail", "show", "replay", "dead-letters", "failed", "groups", "acl", "asyncapi")
+"""Every subcommand; ``helps`` checks that ``streamcqrs --help`` lists no other."""
 TIMEOUT = 60.0
 
 
@@ -57,6 +59,10 @@ def helps() -> None:
         done = subprocess.run([*args, "--help"], capture_output=True, text=True,
                               timeout=TIMEOUT, env=env(), check=False)  # fmt: skip
         check(done.returncode == 0 and "usage:" in done.stdout, f"{args} --help: {done}")
+        if args == [COMMAND]:
+            named = set(re.findall(r"^ {4}([a-z][a-z-]+)(?: |$)", done.stdout, re.MULTILINE))
+            check(named == set(SUBCOMMANDS), f"streamcqrs --help lists {sorted(named)}, "
+                  f"the smoke test checks {sorted(SUBCOMMANDS)}")  # fmt: skip
     print(f"--help of streamcqrs and its {len(SUBCOMMANDS)} subcommands: exit 0")
 
 
