@@ -38,8 +38,8 @@ from bench.meter import Meter, process_cpu
 from bench.stats import percentile
 from streamcqrs.bots.edge.subscriptions import Subscriptions, new_secret
 from streamcqrs.bots.edge.tokens import Tokens
-from streamcqrs.streams import Commit, Kind, LocalServer, OnExisting, SubsystemKeys, encode
-from streamcqrs.streams.envelope import encode_view
+from streamcqrs.streams import Commit, Kind, LocalServer, OnExisting, SubsystemKeys
+from streamcqrs.streams.envelope import encode, encode_view
 
 BENCH = SubsystemKeys("bench")
 SECTION = "## The integration edge (`python -m bench.edge`)"

@@ -18,7 +18,8 @@ from bench.apps import Work
 from bench.baseline import paced, summarize, wait_for
 from bench.meter import Meter, process_cpu
 from bench.stats import ms_of, rate
-from streamcqrs.streams import Commit, Kind, Subsystem, SubsystemKeys, encode
+from streamcqrs.streams import Commit, Kind, Subsystem, SubsystemKeys
+from streamcqrs.streams.envelope import encode
 
 OPS = SubsystemKeys("bench").partition(0).stream(Kind.CLIENT_OPERATIONS)
 EVENTS = SubsystemKeys("bench").partition(0).stream(Kind.EVENTS)

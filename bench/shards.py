@@ -35,8 +35,9 @@ from bench.framework import bots
 from bench.machine import describe
 from bench.meter import process_cpu
 from streamcqrs.handlers import App, Context
-from streamcqrs.streams import Commit, Kind, Settings, SubsystemKeys, encode
+from streamcqrs.streams import Commit, Kind, Settings, SubsystemKeys
 from streamcqrs.streams.cluster import SLOTS, LocalCluster
+from streamcqrs.streams.envelope import encode
 
 PARTITIONS = 12
 """Partitions of the bench subsystem (and of ledger): divisible by 1, 2 and 3 shards."""

@@ -20,7 +20,8 @@ from typing import Any, cast
 import redis.asyncio
 
 from streamcqrs.handlers.delivery import Source
-from streamcqrs.streams import _replies, entry_key
+from streamcqrs.streams import _replies
+from streamcqrs.streams._ids import entry_key
 from streamcqrs.streams.commit import Commit
 from streamcqrs.streams.envelope import Entry, as_str
 

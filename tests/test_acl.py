@@ -36,14 +36,13 @@ from streamcqrs.streams import (
     Subsystem,
     SubsystemKeys,
     acl,
-    encode,
     outbox,
 )
 from streamcqrs.streams.aggregates import AggregateStore
 from streamcqrs.streams.connection import is_cluster
 from streamcqrs.streams.deadletter import read_dead_letters_sync
 from streamcqrs.streams.delayed import Delayed
-from streamcqrs.streams.envelope import Entry, as_str, parse
+from streamcqrs.streams.envelope import Entry, as_str, encode, parse
 from streamcqrs.streams.errors import PermissionDenied, StreamError
 from streamcqrs.streams.statuses import Action, Status, decode_stored
 from tests.messages import Account, Deposited, Opened, Ping

@@ -33,16 +33,8 @@ from streamcqrs.domain import Aggregate, Event, Operation, message
 from streamcqrs.handlers import App, Context
 from streamcqrs.handlers import acl as app_acl
 from streamcqrs.handlers.tickets import Receipt, Tickets
-from streamcqrs.streams import (
-    Commit,
-    Kind,
-    OnExisting,
-    Settings,
-    Subsystem,
-    SubsystemKeys,
-    acl,
-    encode,
-)
+from streamcqrs.streams import Commit, Kind, OnExisting, Settings, Subsystem, SubsystemKeys, acl
+from streamcqrs.streams.envelope import encode
 from streamcqrs.streams.errors import StreamError
 from streamcqrs.streams.keys import cleaner_lease, cleaner_state
 from streamcqrs.streams.leases import Lease

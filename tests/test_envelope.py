@@ -16,8 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamcqrs.domain import TypeRegistry
-from streamcqrs.streams import Commit, Envelope, Kind, decode, encode, parse, to_record
-from streamcqrs.streams.envelope import JSON, MAX_PAYLOAD_BYTES, entries, pairs
+from streamcqrs.streams import Commit, Envelope, Kind
+from streamcqrs.streams.envelope import (
+    JSON,
+    MAX_PAYLOAD_BYTES,
+    decode,
+    encode,
+    entries,
+    pairs,
+    parse,
+    to_record,
+)
 from streamcqrs.streams.errors import DecodeError, EncodeError
 from tests.messages import Ping
 from tests.support import Backend, Run

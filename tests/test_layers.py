@@ -9,6 +9,7 @@ time) or a string handed to ``importlib.import_module`` must not point up either
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -131,3 +132,26 @@ def test_the_source_check_sees_string_imports() -> None:
     assert ["importlib", "streamcqrs.bots.bot", "streamcqrs.handlers.acl"] == sorted(
         imported_names(source)
     )
+
+
+@pytest.mark.parametrize(
+    ("package", "machinery"),
+    [
+        ("streamcqrs", {"Commit", "HandlerSpec", "encode"}),
+        ("streamcqrs.streams", {"encode", "decode", "parse", "to_record", "entry_key",
+                                "find_server_binary", "send_all", "script"}),
+        ("streamcqrs.handlers", {"AppendOutput", "PutOutput", "Output", "HandlerSpec",
+                                 "StreamRef", "Runner"}),
+    ],
+)  # fmt: skip
+def test_a_package_exports_what_users_use_and_not_its_machinery(
+    package: str, machinery: set[str]
+) -> None:
+    """Each public name resolves, is listed once, and the engine room stays in its modules
+    (code-and-layout review, item 7: a user should not see a name they cannot use)."""
+    module = importlib.import_module(package)
+    names = list(module.__all__)
+    assert len(names) == len(set(names)), f"{package}.__all__ lists a name twice"
+    for name in names:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+    assert not machinery & set(names), f"{package} exports {sorted(machinery & set(names))}"

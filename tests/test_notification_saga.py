@@ -37,7 +37,8 @@ from examples.notification.messages import (
 from examples.notification.saga import DELIVERY, saga_id
 from streamcqrs.domain import Event, Message, new_message_id
 from streamcqrs.domain.errors import ConcurrencyConflict
-from streamcqrs.handlers import Context, PutOutput, Resources, Retry, lifecycle
+from streamcqrs.handlers import Context, Resources, Retry, lifecycle
+from streamcqrs.handlers.context import PutOutput
 from streamcqrs.handlers.saga import (
     SagaDeadline,
     SagaEnded,
@@ -45,8 +46,9 @@ from streamcqrs.handlers.saga import (
     SagaState,
     operation_id,
 )
-from streamcqrs.streams import Commit, Subsystem, SubsystemKeys, decode, encode, now_ms, outbox
+from streamcqrs.streams import Commit, Subsystem, SubsystemKeys, now_ms, outbox
 from streamcqrs.streams.connection import is_cluster
+from streamcqrs.streams.envelope import decode, encode
 from tests.support import Backend, Run
 
 ARRIVALS = ("start", "email", "slack", "deadline")

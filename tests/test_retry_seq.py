@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamcqrs.streams import Commit, Kind, SubsystemKeys, encode
+from streamcqrs.streams import Commit, Kind, SubsystemKeys
 from streamcqrs.streams.delayed import Delayed
-from streamcqrs.streams.envelope import entries, parse
+from streamcqrs.streams.envelope import encode, entries, parse
 from tests.messages import Opened
 from tests.support import Backend
 

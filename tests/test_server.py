@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamcqrs.streams import LocalServer, find_server_binary, resolve_url
+from streamcqrs.streams import LocalServer, resolve_url
 from streamcqrs.streams import server as server_module
 from streamcqrs.streams.errors import ServerUnavailable
-from streamcqrs.streams.server import INSTALL_HINT
+from streamcqrs.streams.server import INSTALL_HINT, find_server_binary
 
 
 @pytest.fixture

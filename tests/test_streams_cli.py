@@ -21,8 +21,9 @@ import redis
 
 from streamcqrs.__main__ import build_parser
 from streamcqrs.handlers import App, Context
-from streamcqrs.streams import Kind, Subsystem, SubsystemKeys, find_server_binary
+from streamcqrs.streams import Kind, Subsystem, SubsystemKeys
 from streamcqrs.streams.envelope import as_str
+from streamcqrs.streams.server import find_server_binary
 from streamcqrs.streams.statuses import Action, decode_stored
 from tests.commands import streamcqrs
 from tests.messages import Account, Deposited, Ping

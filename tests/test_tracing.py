@@ -177,7 +177,8 @@ def test_without_a_provider_the_input_trace_is_carried_on_unchanged() -> None:
     """With no tracer provider set, a handler's outputs carry its input's traceparent as it
     came (no spans are made, the trace id still reaches every entry downstream)."""
     from streamcqrs.domain import Operation, message
-    from streamcqrs.handlers import App, Context, PutOutput
+    from streamcqrs.handlers import App, Context
+    from streamcqrs.handlers.context import PutOutput
     from streamcqrs.handlers.testing import HandlerTest
     from streamcqrs.streams.envelope import encode
 

@@ -26,8 +26,8 @@ import orjson
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from streamcqrs.streams import Kind, SubsystemKeys, entry_key
-from streamcqrs.streams._ids import MAX_ID
+from streamcqrs.streams import Kind, SubsystemKeys
+from streamcqrs.streams._ids import MAX_ID, entry_key
 from streamcqrs.streams.envelope import JSON, Entry, as_str, entries
 from streamcqrs.streams.scripts import script
 

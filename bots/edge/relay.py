@@ -65,10 +65,12 @@ from streamcqrs.bots.edge.subscriptions import (
 )
 from streamcqrs.bots.edge.webhooks import Event, Outcome
 from streamcqrs.domain.errors import ConfigurationError
-from streamcqrs.handlers import App, AppendOutput, Context, NotYet, Retry, StreamRef
-from streamcqrs.streams import AggregateStore, Kind, Record, SubsystemKeys, encode, entry_key
-from streamcqrs.streams._ids import MAX_ID
-from streamcqrs.streams.envelope import JSON, MSGPACK, entries, parse
+from streamcqrs.handlers import App, Context, NotYet, Retry
+from streamcqrs.handlers.context import AppendOutput
+from streamcqrs.handlers.registry import StreamRef
+from streamcqrs.streams import AggregateStore, Kind, Record, SubsystemKeys
+from streamcqrs.streams._ids import MAX_ID, entry_key
+from streamcqrs.streams.envelope import JSON, MSGPACK, encode, entries, parse
 from streamcqrs.streams.statuses import Status, decode_stored
 
 MATCHER = "webhooks"

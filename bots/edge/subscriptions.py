@@ -54,11 +54,10 @@ from streamcqrs.streams import (
     Record,
     Subsystem,
     SubsystemKeys,
-    encode,
-    entry_key,
     to_ms,
 )
-from streamcqrs.streams.envelope import encode_view
+from streamcqrs.streams._ids import entry_key
+from streamcqrs.streams.envelope import encode, encode_view
 from streamcqrs.streams.errors import StreamError
 
 SUBSCRIPTIONS = "subscriptions"

@@ -9,8 +9,7 @@ from __future__ import annotations
 import msgpack
 from hypothesis import strategies as st
 
-from streamcqrs.streams import encode
-from streamcqrs.streams.envelope import MAX_PAYLOAD_BYTES, pairs
+from streamcqrs.streams.envelope import MAX_PAYLOAD_BYTES, encode, pairs
 from tests.reliability.apps import Do
 
 Fields = dict[bytes, bytes]
