@@ -78,7 +78,7 @@ class Producer(threading.Thread):
 
 
 
-
+@pytest.mark.slow
 def test_puts_resume_after_a_primary_dies_and_every_durable_put_is_handled(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ RATE = 100.0
 SUBSYSTEMS = {name: SubsystemKeys(name, PARTITIONS) for name in ("notification", "email", "slack")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_every_notification_ends_exactly_once_on_a_cluster_while_a_bot_is_killed(
     cluster_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -58,6 +58,7 @@ def _numbers(client: redis.Redis) -> dict[int, list[int]]:
     return out
 
 
+@pytest.mark.slow
 def test_customer_numbers_are_unique_and_gapless_when_a_bot_is_killed(
     real: Backend, run: Run[None], tmp_path: Path
 ) -> None:

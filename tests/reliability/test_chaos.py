@@ -60,6 +60,7 @@ def _history(client: redis.Redis, record: str) -> list[HistoryEntry]:
     return [step for entry in decode_stored(stored)[1] for step in entry.steps()]
 
 
+@pytest.mark.slow
 @pytest.mark.single_server(
     "its kill timing suits one server's bot start; test_cluster_notification kills on a cluster"
 )

@@ -33,6 +33,7 @@ KEYS = SubsystemKeys("chaos")
 STREAM = KEYS.partition(0).stream(Kind.CLIENT_OPERATIONS)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_every_junk_entry_is_dead_lettered_and_every_valid_one_handled(
     real: Backend, tmp_path: Path

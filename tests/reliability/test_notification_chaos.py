@@ -27,6 +27,9 @@ NOTIFICATIONS = 2_000 if LONG else 300
 KILLS = 20 if LONG else 8
 RATE = 100.0 if LONG else 40.0
 """Notifications sent per second: the client runs about as long as the kills go on."""
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_every_notification_ends_exactly_once_while_bots_are_killed(
     real: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

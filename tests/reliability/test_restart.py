@@ -98,6 +98,7 @@ def _diagnose(client: redis.Redis, acknowledged: set[bytes], log: Path) -> str:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_with_appendfsync_always_every_acknowledged_put_is_handled(tmp_path: Path) -> None:
     """appendonly+always: each put acknowledged before the kill is handled once afterwards."""
@@ -130,6 +131,7 @@ def test_with_appendfsync_always_every_acknowledged_put_is_handled(tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_without_persistence_the_server_forgets_and_bots_carry_on(tmp_path: Path) -> None:
     """Persistence off: a killed server comes back empty; bots recreate groups and go on."""
