@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import heapq
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -198,7 +199,15 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
             f"following {keys.partitions} partition(s) of {subsystem} (detected); pass "
             "--partitions if it has more\n"
         )
-    cursors = dict(ends)
+    return _follow(client, dict(ends), out, args.json)
+
+
+def _follow(client: redis.Redis, cursors: dict[str, str], out: TextIO, as_json: bool) -> int:
+    """Print each new record after ``cursors`` until Ctrl-C or SIGTERM; exit status 0."""
+    # Ctrl-C, or SIGTERM, ends following with status 0, also when the shell that started us
+    # ignores SIGINT (a background job without job control: Python then leaves it ignored).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     try:
         while True:
             reply = _read_new(client, cursors)
@@ -206,7 +215,7 @@ def tail_command(args: argparse.Namespace, out: TextIO) -> int:
                 key = as_str(raw_key)
                 for entry in located(key, found):
                     cursors[key] = entry[1]
-                    emit(out, [describe(*entry)], args.json)
+                    emit(out, [describe(*entry)], as_json)
     except KeyboardInterrupt:
         return 0
 
