@@ -8,6 +8,7 @@ import time
 import redis.asyncio
 
 from bench.apps import Counted, Counter
+from bench.meter import empty
 from streamcqrs.streams import Commit, Subsystem, SubsystemKeys
 
 
@@ -45,8 +46,9 @@ def load_times(
 
 
 async def _append_memory(url: str, aggregates: int, events: int) -> dict[str, float]:
+    with redis.Redis.from_url(url) as admin:
+        empty(admin)
     client = redis.asyncio.Redis.from_url(url)
-    await client.flushall()
     store = Subsystem("benchmem", client).aggregates(Counter)
     for n in range(aggregates):
         await store.append(f"acct-{n}", [Counted(n=1)], expected_version=0)

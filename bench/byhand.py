@@ -20,6 +20,7 @@ import msgpack
 import redis
 
 from bench.apps import Work, Worked
+from bench.meter import empty
 from bench.stats import ms_of, rate
 from streamcqrs.streams import Kind, SubsystemKeys
 
@@ -88,7 +89,7 @@ def throughput(url: str, n: int, data: str) -> float:
     from bench.framework import _fill
 
     client = redis.Redis.from_url(url)
-    client.flushall()
+    empty(client)
     _fill(url, n, data)
     client.xgroup_create(OPS, GROUP, id="0")
     proc = multiprocessing.get_context("spawn").Process(

@@ -19,7 +19,7 @@ import redis
 from bench.apps import Job, Work, Worked
 from bench.baseline import wait_for
 from bench.framework import EVENTS, _fill, bots
-from bench.meter import Meter
+from bench.meter import Meter, empty
 from streamcqrs.bots.cleaner import state_key
 from streamcqrs.handlers import App, Context
 
@@ -39,11 +39,7 @@ async def work(op: Work, ctx: Context) -> None:
 def memory(url: str, n: int, data: str, *, clean: bool) -> dict[str, float]:
     """Server memory (B) and keys per handled operation, and the cleaning cycle's seconds."""
     client = redis.Redis.from_url(url)
-    # SYNC: a server that frees a flush in the background (Valkey 8's default) would still
-    # count the last run's data in the reading taken next.
-    client.execute_command("FLUSHALL", "SYNC")
-    wait_for(lambda: int(client.info("memory").get("lazyfree_pending_objects", 0)) == 0,
-             "the flush to be freed", 60)  # fmt: skip
+    empty(client)
     app = "bench.cleaner:cleaned" if clean else "bench.apps:app"
     footprint = Meter(client)
     footprint.start()

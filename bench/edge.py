@@ -34,7 +34,7 @@ import redis.asyncio
 from standardwebhooks import Webhook
 
 from bench.edge_apps import Happened
-from bench.meter import Meter, process_cpu
+from bench.meter import Meter, empty, process_cpu
 from bench.stats import percentile
 from streamcqrs.bots.edge.subscriptions import Subscriptions, new_secret
 from streamcqrs.bots.edge.tokens import Tokens
@@ -106,7 +106,7 @@ def count(base: str) -> dict[str, float]:
 def webhooks(url: str, subscribers: int, events: int) -> dict[str, float]:
     """Deliveries per second through the relay, and through a bare signed-POST loop."""
     admin = redis.Redis.from_url(url)
-    admin.flushall()
+    empty(admin)
     total = subscribers * events
     with receiver(url) as base:
         bare = asyncio.run(_bare_posts(base, subscribers, events))
@@ -178,7 +178,7 @@ def sse_fanout(url: str, clients: int, rounds: int) -> dict[str, float]:
     """Latency from a view's commit until all ``clients`` have it over SSE, and a raw XREAD
     reader's latency from the same commits."""
     admin = redis.Redis.from_url(url)
-    admin.flushall()
+    empty(admin)
     token = asyncio.run(_token(url))
     port = free_port()
     args = [sys.executable, "-m", "streamcqrs", "gateway", "bench.edge_apps:app",

@@ -16,7 +16,7 @@ import redis.asyncio
 
 from bench.apps import Work
 from bench.baseline import paced, summarize, wait_for
-from bench.meter import Meter, process_cpu
+from bench.meter import Meter, empty, process_cpu
 from bench.stats import ms_of, rate
 from streamcqrs.streams import Commit, Kind, Subsystem, SubsystemKeys
 from streamcqrs.streams.envelope import encode
@@ -93,7 +93,7 @@ def throughput(
     of an operation: its entry, its event, its aggregate and its handling status.
     """
     client = redis.Redis.from_url(url)
-    client.flushall()
+    empty(client)
     footprint = Meter(client)
     footprint.start()
     _fill(url, n, data)
@@ -129,7 +129,7 @@ def throughput(
 def latency(url: str, per_second: int, seconds: float, data: str) -> dict[str, float]:
     """p50/p99/p99.9 (ms) from a paced put to seeing the committed event."""
     client = redis.Redis.from_url(url)
-    client.flushall()
+    empty(client)
     bench = Subsystem("bench", redis.asyncio.Redis.from_url(url), sync_client=client)
     writer = bench.sync_writer("client-ops")
     observer = redis.Redis.from_url(url)

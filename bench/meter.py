@@ -7,6 +7,7 @@ can print its cost per operation beside its throughput.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -22,6 +23,17 @@ def _calls(client: redis.Redis) -> int:
     # Calls the measurement itself makes are left out.
     ignore = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_xlen", "cmdstat_dbsize"}
     return sum(int(v["calls"]) for k, v in stats.items() if k not in ignore)
+
+
+def empty(client: redis.Redis, timeout: float = 60.0) -> None:
+    """Empty the server and wait until it has freed what it held, so the next memory reading
+    counts only the case's own data (Valkey 8 frees a plain FLUSHALL in the background)."""
+    client.execute_command("FLUSHALL", "SYNC")
+    deadline = time.monotonic() + timeout
+    while int(client.info("memory").get("lazyfree_pending_objects", 0)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server did not free its flushed data in {timeout} s")
+        time.sleep(0.05)
 
 
 def process_cpu(pid: int) -> float:

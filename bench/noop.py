@@ -12,7 +12,7 @@ import time
 import redis
 
 from bench.framework import _fill, bots
-from bench.meter import Meter, process_cpu
+from bench.meter import Meter, empty, process_cpu
 from streamcqrs.streams import Kind, SubsystemKeys
 
 STATUS = SubsystemKeys("bench").partition(0).handling_status(Kind.CLIENT_OPERATIONS, "noop")
@@ -21,7 +21,7 @@ STATUS = SubsystemKeys("bench").partition(0).handling_status(Kind.CLIENT_OPERATI
 def throughput(url: str, n: int, data: str) -> dict[str, float]:
     """Entries/s a bot settles with a no-op handler, and its CPU and commands per entry."""
     client = redis.Redis.from_url(url)
-    client.flushall()
+    empty(client)
     _fill(url, n, data)
     meter = Meter(client)
     with bots(url, 1, app="bench.apps:noop") as proc:

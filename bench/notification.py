@@ -20,6 +20,7 @@ import redis
 import redis.asyncio
 
 from bench.framework import bots
+from bench.meter import empty
 from bench.stats import percentile
 from examples.notification.bench_support import FAKE_SENDERS_ENV
 from examples.notification.client import send_notification
@@ -77,7 +78,7 @@ def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
 def end_to_end(url: str, count: int) -> dict[str, float]:
     """Completed notifications/s and p50/p99 (ms) from put to terminal event."""
     client = redis.Redis.from_url(url)
-    client.flushall()
+    empty(client)
     terminals = _Terminals(client)
     with ExitStack() as stack:
         for subsystem in ("notification", "email", "slack"):
