@@ -67,7 +67,12 @@ def test_the_readme_first_app_runs_with_its_producer(tmp_path: Path, real_url: s
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
     finally:
         bots.send_signal(signal.SIGTERM)
-        _, errors = bots.communicate(timeout=30)
+        try:
+            _, errors = bots.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            bots.kill()
+            _, errors = bots.communicate(timeout=10)
+            errors += "\n(the bots did not stop within 30 s of SIGTERM)"
     expected = re.search(r"python place.py +# (.*)\n", (ROOT / "README.md").read_text())
     assert expected is not None, "the README says what python place.py prints"
     assert placed.stdout.strip() == expected.group(1), placed.stdout + placed.stderr + errors
