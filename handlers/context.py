@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 import structlog
+from pydantic import BaseModel
 
 from streamcqrs.domain.aggregate import Aggregate
 from streamcqrs.domain.messages import Event, Message
@@ -199,10 +200,21 @@ class Context:
         """Load an aggregate of a declared subsystem (default: the handler's own)."""
         sub = subsystem or self.spec.source.subsystem
         self._check_aggregate(sub)
+        self._check_id(cls.__name__, aggregate_id)
         store = AggregateStore(self.keys(sub), cls, self.client, types=self.types)
         aggregate = await store.load(str(aggregate_id))
         self._loaded[id(aggregate)] = (sub, aggregate.version)
         return aggregate
+
+    def _check_id(self, kind: str, aggregate_id: str | int) -> None:
+        """Refuse an empty aggregate id: it comes from an input put without an object id,
+        and would make one aggregate of every such input."""
+        if str(aggregate_id) == "":
+            raise HandlerError(
+                f"handler {self.spec.name} uses a {kind} with an empty id (its input has no "
+                "object id?); put operations with object_id=..., or run them with "
+                "Client.execute, which uses the tracking id"
+            )
 
     def reader(self, target: str) -> ReadOnlyStream:
         """A read-only handle on a stream the handler declared in ``reads``."""
@@ -240,6 +252,7 @@ class Context:
             id(aggregate), (subsystem or self.spec.source.subsystem, aggregate.version)
         )
         self._check_aggregate(sub)
+        self._check_id(type(aggregate).__name__, aggregate.id)
         out = self._appends.get((sub, aggregate.id))
         if out is None:
             out = AppendOutput(sub, self.keys(sub), aggregate.id, loaded_version)
@@ -291,7 +304,7 @@ class Context:
         self,
         target: str,
         object_id: str | int,
-        view: Message | Mapping[str, Any] | bytes,
+        view: BaseModel | Mapping[str, Any] | bytes,
         *,
         type_name: str = "view",
         tags: TagsIn = None,

@@ -97,6 +97,21 @@ def test_a_message_no_handler_takes_is_refused_clearly(run: Run[Any]) -> None:
                                              body="b", notification_id="1")))  # fmt: skip
 
 
+def test_an_input_without_an_object_id_is_failed_at_once_not_made_aggregate_empty(
+    run: Run[Any],
+) -> None:
+    """A handler that loads or appends to the aggregate of an input put without an object id
+    fails with a HandlerError saying so (not retried: a dead letter at once), and no
+    aggregate with the id "" is written (first-hour review, F18)."""
+    test = HandlerTest(bank)
+    with pytest.raises(HandlerError, match=r"empty id .* object_id=") as failed:
+        run(test.send(OpenAccount(owner="ann")))
+    assert "open_account" in str(failed.value)
+    with pytest.raises(HandlerError, match="empty id"):
+        run(test.send(Deposit(amount=5)))  # append to an aggregate it did not load
+    assert 0 == run(test.load(Account, "")).version  # nothing was appended under ""
+
+
 def test_the_notification_example_can_be_unit_tested(run: Run[Any]) -> None:
     """The example's notification bot, without a server: it asks both channels and waits."""
     test = HandlerTest(notification_app)
