@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, cast
 
 import msgpack
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from streamcqrs.domain.errors import RegistryError, UnknownMessageType
 from streamcqrs.domain.ids import new_message_id
@@ -154,8 +156,33 @@ def encode(
     )
 
 
+def _json_default(value: object) -> object:
+    """What orjson does not know: exact decimals as strings (money stays exact), sets as
+    lists, any pydantic model as its JSON data."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def view_json(view: BaseModel | Mapping[str, Any] | bytes, object_id: str) -> bytes:
+    """A view's JSON bytes; EncodeError naming the view and the value that is not JSON."""
+    try:
+        if isinstance(view, bytes):
+            orjson.loads(view)  # stored and served as they are: they must be JSON
+            return view
+        if isinstance(view, BaseModel):
+            return view.__pydantic_serializer__.to_json(view)
+        return orjson.dumps(view, default=_json_default)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, PydanticSerializationError) as exc:
+        raise EncodeError(f"the view of {object_id!r} is not JSON: {exc}") from None
+
+
 def encode_view(
-    view: Message | Mapping[str, Any] | bytes,
+    view: BaseModel | Mapping[str, Any] | bytes,
     *,
     type_name: str,
     object_id: str,
@@ -164,16 +191,11 @@ def encode_view(
     causation_id: str = "",
     trace: str = "",
 ) -> Envelope:
-    """Wrap a view (model, mapping, or ready JSON bytes) as JSON bytes an API returns raw."""
-    if isinstance(view, bytes):
-        payload = view
-    elif isinstance(view, Message):
-        payload = view.__pydantic_serializer__.to_json(view)
-    else:
-        payload = orjson.dumps(view)
+    """Wrap a view (a pydantic model, a mapping, or ready JSON bytes) as the JSON bytes an API
+    returns raw (``view_json``)."""
     return Envelope(
         type=type_name,
-        payload=payload,
+        payload=view_json(view, object_id),
         object_id=object_id,
         tags=tags,
         fmt=JSON,

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, cast
 
 import redis
 import redis.asyncio
+from pydantic import BaseModel
 from redis.typing import KeyT, StreamIdT
 
 from streamcqrs.domain.messages import Message
@@ -190,7 +191,7 @@ class WriteOnlyStream(_Stream):
     def view_envelope(
         self,
         object_id: str | int,
-        view: Message | Mapping[str, Any] | bytes,
+        view: BaseModel | Mapping[str, Any] | bytes,
         *,
         type_name: str = "view",
         tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
@@ -201,7 +202,7 @@ class WriteOnlyStream(_Stream):
     async def put_view(
         self,
         object_id: str | int,
-        view: Message | Mapping[str, Any] | bytes,
+        view: BaseModel | Mapping[str, Any] | bytes,
         *,
         type_name: str = "view",
         tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
@@ -422,7 +423,7 @@ class SyncWriteOnlyStream:
     def put_view(
         self,
         object_id: str | int,
-        view: Message | Mapping[str, Any] | bytes,
+        view: BaseModel | Mapping[str, Any] | bytes,
         *,
         type_name: str = "view",
         tags: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
