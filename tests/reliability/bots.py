@@ -119,6 +119,24 @@ def objects_in(client: redis.Redis, stream: str, type_name: bytes) -> Counter[by
         last = chunk[-1][0].decode()
 
 
+def holding_work(
+    client: redis.Redis, stream: str, bots: Sequence[BotProcess]
+) -> list[BotProcess]:
+    """The bots whose worker holds entries of ``stream`` right now (read, not yet acked).
+
+    A consumer's name holds its worker's pid (``BotConfig.consumer_name``); the consumers of
+    killed bots keep their entries until others take them over, and match no live bot.
+    """
+    busy: set[str] = set()
+    for group in client.xinfo_groups(stream):
+        for consumer in client.xinfo_consumers(stream, group["name"]):
+            if int(consumer["pending"]):
+                name = consumer["name"]
+                busy.add(name.decode() if isinstance(name, bytes) else str(name))
+    return [bot for bot in bots
+            if any(f"-{pid}-" in name for pid in bot.workers() for name in busy)]  # fmt: skip
+
+
 def pending(client: redis.Redis, stream: str) -> int:
     """Entries still pending over every consumer group of ``stream``."""
     total = 0

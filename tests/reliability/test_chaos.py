@@ -23,7 +23,14 @@ from streamcqrs.streams import Kind, Subsystem
 from streamcqrs.streams.keys import SubsystemKeys
 from streamcqrs.streams.statuses import Action, HistoryEntry, Status, decode_stored
 from tests.reliability.apps import Do
-from tests.reliability.bots import BotProcess, objects_in, pending, stop_all, wait_until
+from tests.reliability.bots import (
+    BotProcess,
+    holding_work,
+    objects_in,
+    pending,
+    stop_all,
+    wait_until,
+)
 from tests.support import Backend, Run, async_client, sync_client
 
 LONG = bool(os.environ.get("STREAMCQRS_LONG"))
@@ -53,6 +60,24 @@ def _produce(url: str, count: int, message_ids: dict[int, str], errors: list[str
                     time.sleep(ahead)
         except Exception as exc:  # reported by the test, which fails on any
             errors.append(repr(exc))
+
+
+def _victim(
+    client: redis.Redis, bots: list[BotProcess], rng: random.Random, until: float
+) -> BotProcess:
+    """A bot holding work right now, so the kill lands on work in flight.
+
+    On a loaded machine a restarted bot takes seconds to start; a kill picked blindly can
+    hit only starting or idle bots, and then no entry is ever taken over (it happened under
+    two CPU hogs: "no kill landed on work in flight"). If none holds work before ``until``,
+    any bot.
+    """
+    while time.monotonic() < until:
+        busy = holding_work(client, STREAM, bots)
+        if busy:
+            return rng.choice(busy)
+        time.sleep(0.02)
+    return rng.choice(bots)
 
 
 def _history(client: redis.Redis, record: str) -> list[HistoryEntry]:
@@ -91,7 +116,7 @@ def test_kill_nine_under_load_loses_and_duplicates_nothing(
         deadline = time.monotonic() + OPERATIONS / RATE + 60
         while kills < KILLS and time.monotonic() < deadline:
             time.sleep(rng.uniform(*GAP))
-            victim = rng.choice(bots)
+            victim = _victim(client, bots, rng, deadline)
             victim.kill()
             kills += 1
             time.sleep(rng.uniform(0.0, 0.3))
