@@ -98,18 +98,19 @@ ReadReply = list[tuple[bytes, list[Entry]]]
 class Users:
     """The app's generated users, created on the server, and clients logged in as them."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, app: App = APP, password: str = PASSWORD) -> None:
         self.url = backend.url or ""
+        self.password = password
         self.admin = backend.sync_client()
-        self.roles = app_acl.roles(APP)
+        self.roles = app_acl.roles(app)
         self._sync: list[redis.Redis] = []
         self._async: list[redis.asyncio.Redis] = []
         for each in self.roles.roles:
-            each.apply(self.admin, PASSWORD)
+            each.apply(self.admin, password)
 
     def settings(self, user: str) -> Settings:
         """Connection settings of one generated user."""
-        return Settings(url=self.url, username=user, password=PASSWORD, retries=0)
+        return Settings(url=self.url, username=user, password=self.password, retries=0)
 
     def sync(self, user: str) -> redis.Redis:
         """A sync client logged in as ``user``."""

@@ -40,7 +40,7 @@ from streamcqrs.streams.keys import cleaner_lease, cleaner_state
 from streamcqrs.streams.leases import Lease
 from streamcqrs.streams.scripts import script as framework_script
 from tests.support import Backend, refused_lines
-from tests.test_acl import Attempt, command, group_read, put, refused, script
+from tests.test_acl import Attempt, Users, command, group_read, put, refused, script
 
 # -- the app -------------------------------------------------------------------------------
 
@@ -166,40 +166,12 @@ CO, IO = Kind.CLIENT_OPERATIONS, Kind.INTERNAL_OPERATIONS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Users:
-    """The app's generated users on the server, and clients logged in as them."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.url = backend.url or ""
-        self.admin = backend.sync_client()
-        self.roles = app_acl.roles(APP)
-        self._clients: list[redis.Redis] = []
-        for each in self.roles.roles:
-            each.apply(self.admin, PASSWORD)
-
-    def settings(self, user: str) -> Settings:
-        """Connection settings of one generated user."""
-        return Settings(url=self.url, username=user, password=PASSWORD, retries=0)
-
-    def sync(self, user: str) -> redis.Redis:
-        """A sync client logged in as ``user``."""
-        client = self.settings(user).client()
-        self._clients.append(client)
-        return client
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
-        names = [r.name for r in self.roles.roles]
-        self.admin.execute_command("ACL", "DELUSER", *names)  # type: ignore[no-untyped-call]
-
-
 @pytest.fixture
-def users(real: Backend) -> Iterator[Users]:
+def users(real: Backend, run: Callable[[Any], Any]) -> Iterator[Users]:
     """The app's users on a flushed real server, deleted afterwards."""
-    made = Users(real)
+    made = Users(real, APP, PASSWORD)
     yield made
-    made.close()
+    made.close(run)
 
 
 def test_deferred_work_adds_a_ticket_submitter_and_a_cleaner_user(users: Users) -> None:
